@@ -1,0 +1,85 @@
+//! Wiring: open the store, start the API and the delivery workers, and stop them together.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::delivery::{Dispatcher, Sender, WorkerConfig};
+use crate::domain::apikey;
+use crate::domain::retry::RetryPolicy;
+use crate::http::{AppState, router};
+use crate::metrics::Metrics;
+use crate::store;
+
+/// Runs the service on `listener` until `shutdown` resolves: the API (unless `config.api` is false, when only
+/// health and metrics are served) and the delivery workers (unless `config.workers` is false). On shutdown
+/// the server stops taking requests, workers stop claiming, and attempts in flight are finished and recorded.
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let store = store::open(&config.database).await?;
+    let wake = Arc::new(Notify::new());
+    let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+
+    let workers = if config.workers {
+        let sender = Sender::new(config.attempt_timeout, config.allow_private_targets, config.endpoint_concurrency)?;
+        let worker_config = WorkerConfig {
+            max_in_flight: config.max_in_flight,
+            endpoint_concurrency: config.endpoint_concurrency,
+            attempt_timeout: config.attempt_timeout,
+            poll_interval: config.poll_interval,
+            retry: RetryPolicy { schedule: config.retry_schedule.clone(), jitter: config.retry_jitter },
+        };
+        let dispatcher = Dispatcher::new(store.clone(), sender, worker_config, wake.clone(), metrics.clone());
+        Some(tokio::spawn(dispatcher.run(stop.clone())))
+    } else {
+        None
+    };
+
+    let api = config.api;
+    let state = AppState { store, config: Arc::new(config), wake, metrics };
+    let app = router(state, api);
+    tracing::info!(address = %listener.local_addr()?, api, workers = workers.is_some(), "tidings is listening");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown => {},
+                    _ = stop.cancelled() => {},
+                }
+            }
+        })
+        .await;
+    stop.cancel();
+    if let Some(workers) = workers {
+        workers.await?;
+    }
+    served?;
+    Ok(())
+}
+
+/// An organization just made, with its first API key (shown this once; only its hash is stored).
+pub struct CreatedOrg {
+    pub id: String,
+    pub api_key: SecretString,
+}
+
+/// Makes an organization and its first API key in `database` (migrating it first).
+pub async fn create_org(database: &str, name: &str) -> anyhow::Result<CreatedOrg> {
+    let name = name.trim();
+    anyhow::ensure!(!name.is_empty(), "the organization needs a name");
+    let store = store::open(database).await?;
+    let api_key = apikey::generate();
+    let id = store.create_org(name, &apikey::hash(&api_key)).await?;
+    Ok(CreatedOrg { id, api_key })
+}

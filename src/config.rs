@@ -1,0 +1,143 @@
+//! The configuration of a running service: one typed struct, validated before anything starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything `tidings serve` (and the tests) can tune. Built by the CLI from flags and `TIDINGS_*`
+/// variables, or by tests from [`ServeConfig::new`] with fields overridden.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where the API listens. Only used by the CLI: [`crate::run`] takes an already bound listener so tests
+    /// can bind port 0.
+    pub listen: SocketAddr,
+    /// A SQLite file path (`tidings.db`), `sqlite:` URL, or `postgres://` URL.
+    pub database: String,
+    /// Delay before retry 1, 2, 3…; its length is the number of retries after the first attempt.
+    pub retry_schedule: Vec<Duration>,
+    /// Each delay is multiplied by a random factor in `1 ± retry_jitter`, so receivers that failed together
+    /// are not hit again together.
+    pub retry_jitter: f64,
+    /// How long one POST may take, from connect to the last byte read, before it counts as `timeout`.
+    pub attempt_timeout: Duration,
+    /// Lets endpoints target loopback, private and link-local addresses; off by default so the service
+    /// cannot be used to reach the operator's internal network.
+    pub allow_private_targets: bool,
+    /// Largest request body the API accepts; larger ones answer 413.
+    pub max_body_bytes: usize,
+    /// Run delivery workers in this process (`serve`); `false` serves the API only.
+    pub workers: bool,
+    /// Serve the HTTP API in this process; `false` runs the workers only (`tidings worker`).
+    pub api: bool,
+    /// Attempts in flight at once in this process, all endpoints together.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once to one endpoint, so one slow receiver cannot take every slot.
+    pub endpoint_concurrency: usize,
+    /// How long the previous signing secret keeps signing after a rotation.
+    pub secret_grace: Duration,
+    /// How often workers look for due retries when nothing woke them.
+    pub poll_interval: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults of `tidings serve`, on the given database.
+    pub fn new(database: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: database.into(),
+            retry_schedule: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(5 * 60),
+                Duration::from_secs(50 * 60),
+            ],
+            retry_jitter: 0.2,
+            attempt_timeout: Duration::from_secs(15),
+            allow_private_targets: false,
+            max_body_bytes: 1024 * 1024,
+            workers: true,
+            api: true,
+            max_in_flight: 256,
+            endpoint_concurrency: 64,
+            secret_grace: Duration::from_secs(24 * 60 * 60),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Refuses settings that cannot work, with a message naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.retry_jitter) || self.retry_jitter.is_nan() {
+            return Err("--retry-jitter must be between 0 and 1".into());
+        }
+        if self.attempt_timeout.is_zero() {
+            return Err("--attempt-timeout must be greater than zero".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("--max-in-flight must be at least 1".into());
+        }
+        if self.endpoint_concurrency == 0 {
+            return Err("--endpoint-concurrency must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("--max-body-bytes must be at least 1024".into());
+        }
+        if self.poll_interval.is_zero() {
+            return Err("--poll-interval must be greater than zero".into());
+        }
+        if !self.api && !self.workers {
+            return Err("nothing to run: neither the API nor the workers are enabled".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration written like `200ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 200ms, 30s or 5m: {e}"))
+}
+
+/// Parses a retry schedule: comma-separated durations (`30s,5m,50m`); empty or `none` means no retries.
+pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    text.split(',').map(parse_duration).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn schedules_are_lists_of_durations() {
+        assert_eq!(
+            parse_schedule("10ms, 20ms,1s").unwrap(),
+            vec![Duration::from_millis(10), Duration::from_millis(20), Duration::from_secs(1)]
+        );
+        assert!(parse_schedule("none").unwrap().is_empty());
+        assert!(parse_schedule("1s,x").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_have_three_growing_retries() {
+        let config = ServeConfig::new("tidings.db");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.retry_schedule.len(), 3);
+        assert!(config.retry_schedule.windows(2).all(|w| w[1] > w[0]));
+    }
+}

@@ -1,0 +1,254 @@
+//! Delivery workers: claim due deliveries in batches under a lease, send them, record every attempt, and
+//! schedule the next one or finish.
+//!
+//! One claim loop per process feeds sending tasks; bounds on in-flight attempts (overall and per endpoint)
+//! keep one slow receiver from taking every slot. Results go to a recorder task that writes them in
+//! batches, one transaction per batch (a group commit), so the disk is synced once for many attempts.
+
+pub mod sender;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::retry::RetryPolicy;
+use crate::domain::time::{Millis, now_ms};
+use crate::metrics::Metrics;
+use crate::store::{AttemptResult, Claim, Store, Trigger};
+pub use sender::Sender;
+
+/// Most deliveries claimed in one query.
+const CLAIM_BATCH: usize = 128;
+/// Most attempt results written in one transaction.
+const RECORD_BATCH: usize = 512;
+
+/// Tunables of the workers, taken from the service configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub max_in_flight: usize,
+    pub endpoint_concurrency: usize,
+    pub attempt_timeout: Duration,
+    pub poll_interval: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// Attempts in flight in this process, overall and per endpoint.
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    per_endpoint: HashMap<String, usize>,
+}
+
+/// The delivery side of a process.
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    sender: Sender,
+    config: WorkerConfig,
+    /// Rung by ingest after a commit, by finished attempts, and by manual retries: the claim loop never
+    /// waits for a poll interval when there is work.
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sender: Sender,
+        config: WorkerConfig,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { store, sender, config, wake, metrics, in_flight: Arc::default() }
+    }
+
+    /// How long a claim is held: past it, any process may take the delivery again. Longer than any attempt
+    /// can take, so a live worker's claim never expires under it.
+    fn lease(&self) -> Millis {
+        (self.config.attempt_timeout + Duration::from_secs(30)).as_millis() as Millis
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets attempts in flight finish and records
+    /// them.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (results, receiver) = mpsc::channel::<AttemptResult>(RECORD_BATCH * 4);
+        let recorder = tokio::spawn(record_loop(self.store.clone(), receiver, self.metrics.clone()));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // Reap finished tasks so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+            let (free, exclude) = self.capacity();
+            let mut claimed = 0;
+            if free > 0 {
+                match self.claim(free.min(CLAIM_BATCH), &exclude).await {
+                    Ok(claims) => {
+                        claimed = claims.len();
+                        self.dispatch(claims, &results, &mut tasks).await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "claiming deliveries failed");
+                    }
+                }
+            }
+            if free > 0 && claimed == free.min(CLAIM_BATCH) {
+                continue; // there may be more due right now
+            }
+            let wait = self.idle_wait(free > 0).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        let drain = self.config.attempt_timeout + Duration::from_secs(5);
+        let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        drop(results);
+        let _ = recorder.await;
+    }
+
+    /// Free slots overall, and the endpoints that have no free slot.
+    fn capacity(&self) -> (usize, Vec<String>) {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let free = self.config.max_in_flight.saturating_sub(in_flight.total);
+        let full = in_flight
+            .per_endpoint
+            .iter()
+            .filter(|(_, n)| **n >= self.config.endpoint_concurrency)
+            .map(|(id, _)| id.clone())
+            .collect();
+        (free, full)
+    }
+
+    async fn claim(&self, limit: usize, exclude: &[String]) -> Result<Vec<Claim>, crate::store::StoreError> {
+        let now = now_ms();
+        self.store.claim_due(now, now + self.lease(), limit as u32, exclude).await
+    }
+
+    /// Starts a task per claim that fits the per-endpoint bound; gives the rest back at once.
+    async fn dispatch(
+        &self,
+        claims: Vec<Claim>,
+        results: &mpsc::Sender<AttemptResult>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let mut overflow = Vec::new();
+        for claim in claims {
+            {
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                let count = in_flight.per_endpoint.entry(claim.endpoint_id.clone()).or_insert(0);
+                if *count >= self.config.endpoint_concurrency {
+                    overflow.push(claim);
+                    continue;
+                }
+                *count += 1;
+                in_flight.total += 1;
+            }
+            let attempt = Attempt {
+                sender: self.sender.clone(),
+                retry: self.config.retry.clone(),
+                results: results.clone(),
+                in_flight: self.in_flight.clone(),
+                wake: self.wake.clone(),
+            };
+            tasks.spawn(attempt.run(claim));
+        }
+        if !overflow.is_empty()
+            && let Err(error) = self.store.release(&overflow, now_ms()).await
+        {
+            // Their leases run out and they come due again; nothing is lost.
+            tracing::warn!(%error, count = overflow.len(), "releasing claims over an endpoint's bound failed");
+        }
+    }
+
+    /// How long to sleep when there is nothing to claim now: until the next scheduled retry, at most one poll
+    /// interval (a wake-up cuts it short).
+    async fn idle_wait(&self, could_claim: bool) -> Duration {
+        let poll = self.config.poll_interval;
+        if !could_claim {
+            return poll;
+        }
+        let now = now_ms();
+        match self.store.next_due_after(now).await {
+            Ok(Some(at)) => Duration::from_millis((at - now).max(1) as u64).min(poll),
+            Ok(None) => poll,
+            Err(error) => {
+                tracing::error!(%error, "reading the next due time failed");
+                poll
+            }
+        }
+    }
+}
+
+/// One attempt's task, with what it needs once the claim loop has moved on.
+struct Attempt {
+    sender: Sender,
+    retry: RetryPolicy,
+    results: mpsc::Sender<AttemptResult>,
+    in_flight: Arc<Mutex<InFlight>>,
+    wake: Arc<Notify>,
+}
+
+impl Attempt {
+    async fn run(self, claim: Claim) {
+        let attempt = self.sender.send(&claim).await;
+        let scheduled = claim.scheduled_count + u32::from(claim.trigger == Trigger::Scheduled);
+        let next = self.retry.next(attempt.error.is_none(), scheduled, now_ms());
+        if attempt.error.is_some() {
+            tracing::info!(
+                delivery.id = %claim.delivery_id,
+                endpoint.id = %claim.endpoint_id,
+                error = attempt.error.as_deref().unwrap_or(""),
+                status_code = attempt.status_code,
+                duration_ms = attempt.duration_ms,
+                "attempt failed"
+            );
+        }
+        let result = AttemptResult { delivery_id: claim.delivery_id, lease_token: claim.lease_token, attempt, next };
+        // The recorder only stops after every sender is dropped, so this cannot fail while we hold one.
+        let _ = self.results.send(result).await;
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            in_flight.total -= 1;
+            if let Some(count) = in_flight.per_endpoint.get_mut(&claim.endpoint_id) {
+                *count -= 1;
+                if *count == 0 {
+                    in_flight.per_endpoint.remove(&claim.endpoint_id);
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// Writes attempt results in batches until every sender is gone. A batch that cannot be written is tried
+/// again; if the store stays down, the leases run out and the deliveries are attempted again later.
+async fn record_loop(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<AttemptResult>, metrics: Arc<Metrics>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut tries = 0;
+        loop {
+            match store.record_attempts(&batch).await {
+                Ok(()) => break,
+                Err(error) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(%error, tries, "recording attempts failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, count = batch.len(), "recording attempts failed; their leases will expire");
+                    break;
+                }
+            }
+        }
+        for result in &batch {
+            metrics.attempt_recorded(&result.attempt, result.next);
+        }
+        batch.clear();
+    }
+}

@@ -1,0 +1,167 @@
+//! Extractors: the caller's organization from the API key, JSON bodies, path ids and list parameters, each
+//! failing with an [`ApiError`] that says what to fix.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::domain::{Invalid, apikey};
+use crate::store::PageRequest;
+
+/// The organization whose API key signed the request. Every `/v1` handler takes one, and every query it
+/// makes is scoped by it.
+pub struct Org(pub String);
+
+impl FromRequestParts<AppState> for Org {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
+        let key = header.strip_prefix("Bearer ").map(str::trim).ok_or(ApiError::Unauthorized)?;
+        if !key.starts_with(apikey::PREFIX) {
+            return Err(ApiError::Unauthorized);
+        }
+        let hash = apikey::hash(&SecretString::from(key.to_owned()));
+        let org = state.store.org_for_key(&hash).await?.ok_or(ApiError::Unauthorized)?;
+        Ok(Org(org))
+    }
+}
+
+/// A JSON request body, parsed but not yet validated. Over the size limit it answers 413; not JSON, 400.
+pub struct JsonBody {
+    pub value: Value,
+    /// The bytes as received, for payloads that are sent on exactly as they came.
+    pub raw: Bytes,
+}
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let raw = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(state.config.max_body_bytes)
+            } else {
+                ApiError::BadRequest(rejection.body_text())
+            }
+        })?;
+        let value = serde_json::from_slice(&raw).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// The one `{id}` of a path. A path that cannot be decoded names nothing that exists.
+pub struct PathId(pub String);
+
+impl FromRequestParts<AppState> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Path(id) =
+            Path::<String>::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound("resource"))?;
+        Ok(Self(id))
+    }
+}
+
+/// `?limit=&cursor=` of every list.
+#[derive(Debug, Deserialize, Default)]
+pub struct ListParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    pub endpoint_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Default page size.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// Largest page size.
+pub const MAX_LIMIT: u32 = 250;
+
+impl ListParams {
+    /// The page asked for, checked.
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_LIMIT,
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| Invalid::new("limit", format!("must be a whole number from 1 to {MAX_LIMIT}")))?,
+        };
+        let before = match self.cursor.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(
+                text.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Invalid::new("cursor", "is not a cursor this API gave out"))?,
+            ),
+        };
+        Ok(PageRequest { limit, before })
+    }
+}
+
+/// List parameters from the query string; an unreadable query string answers 400.
+pub struct List(pub ListParams);
+
+impl FromRequestParts<AppState> for List {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Query(params) = Query::<ListParams>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        Ok(Self(params))
+    }
+}
+
+/// A JSON object body read field by field, so each wrong field is named in the answer.
+pub struct Fields<'a>(&'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    /// Accepts an object whose keys are all in `allowed`.
+    pub fn new(value: &'a Value, allowed: &[&str]) -> Result<Self, Invalid> {
+        let object = value.as_object().ok_or_else(|| Invalid::new("body", "must be a JSON object"))?;
+        if let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(Invalid::new(unknown.as_str(), format!("is not a known field; the fields are {}", allowed.join(", "))));
+        }
+        Ok(Self(object))
+    }
+
+    /// A string field; `null` counts as absent.
+    pub fn string(&self, name: &str) -> Result<Option<String>, Invalid> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Invalid::new(name, "must be a string")),
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, Invalid> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(Invalid::new(name, "must be true or false")),
+        }
+    }
+
+    pub fn strings(&self, name: &str) -> Result<Option<Vec<String>>, Invalid> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| Invalid::new(name, "must be an array of strings")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(Invalid::new(name, "must be an array of strings")),
+        }
+    }
+}

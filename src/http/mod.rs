@@ -1,0 +1,74 @@
+//! The JSON API: routes, shared state, extractors and the one error type. Handlers extract, validate into
+//! domain types, call the store, and map the result; they hold no SQL and no HTTP client.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::sync::Notify;
+
+use crate::config::ServeConfig;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+mod calls;
+mod deliveries;
+mod endpoints;
+pub mod error;
+mod events;
+pub mod extract;
+mod health;
+mod interviews;
+pub mod views;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<ServeConfig>,
+    /// Rung after an event is committed so local workers claim it at once.
+    pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Called after an event and its deliveries are committed.
+    pub fn event_written(&self, event_type: &str) {
+        self.metrics.event_created(event_type);
+        self.wake.notify_one();
+    }
+}
+
+/// The whole HTTP surface. `api` false serves only health and metrics (a worker-only process).
+pub fn router(state: AppState, api: bool) -> Router {
+    let operator = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics));
+    let router = if api {
+        operator
+            .route("/v1/endpoints", post(endpoints::create_endpoint).get(endpoints::list_endpoints))
+            .route(
+                "/v1/endpoints/{id}",
+                get(endpoints::get_endpoint).patch(endpoints::update_endpoint).delete(endpoints::delete_endpoint),
+            )
+            .route("/v1/endpoints/{id}/secret", get(endpoints::get_secret))
+            .route("/v1/endpoints/{id}/rotate-secret", post(endpoints::rotate_secret))
+            .route("/v1/endpoints/{id}/test", post(endpoints::test_endpoint))
+            .route("/v1/interviews/{id}", get(interviews::get_interview).patch(interviews::update_interview))
+            .route("/v1/calls", post(calls::create_call))
+            .route("/v1/events", get(events::list_events))
+            .route("/v1/events/{id}", get(events::get_event))
+            .route("/v1/deliveries", get(deliveries::list_deliveries))
+            .route("/v1/deliveries/{id}", get(deliveries::get_delivery))
+            .route("/v1/deliveries/{id}/retry", post(deliveries::retry_delivery))
+    } else {
+        operator
+    };
+    let limit = state.config.max_body_bytes;
+    router
+        .fallback(|| async { error::ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

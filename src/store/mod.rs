@@ -1,0 +1,309 @@
+//! The store: the only module that speaks SQL. One trait, [`Store`], with a SQLite implementation; every
+//! other module works with the records defined here.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use secrecy::SecretString;
+
+use crate::domain::interview::{Interview, InterviewPatch};
+use crate::domain::retry::Next;
+use crate::domain::time::Millis;
+
+pub mod sqlite;
+
+/// A store failure. Callers treat it as internal: it is logged and answered as an opaque 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Opens the store named by `database` and brings its schema up to date: a file path or `sqlite:` URL
+/// opens SQLite (created if missing).
+pub async fn open(database: &str) -> Result<Arc<dyn Store>> {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        return Err(StoreError::Unsupported("PostgreSQL is not supported by this build yet; use a SQLite file".into()));
+    }
+    Ok(Arc::new(sqlite::SqliteStore::open(database).await?))
+}
+
+/// A page of a newest-first list.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    /// How many rows at most.
+    pub limit: u32,
+    /// Only rows older than this cursor (a row's `seq`, as a previous page gave it).
+    pub before: Option<i64>,
+}
+
+/// Rows of a list and the cursor of the next page, if there is one.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<i64>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` rows fetched newest first: the extra row only tells that
+    /// there is more.
+    pub fn from_rows(mut rows: Vec<T>, limit: u32, seq: impl Fn(&T) -> i64) -> Self {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_cursor = if more { rows.last().map(seq) } else { None };
+        Self { items: rows, next_cursor }
+    }
+}
+
+/// A registered webhook URL, with its signing secrets.
+#[derive(Debug, Clone)]
+pub struct EndpointRecord {
+    pub seq: i64,
+    pub id: String,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    pub secret: SecretString,
+    /// The secret before the last rotation, still signing until `previous_secret_until`.
+    pub previous_secret: Option<SecretString>,
+    pub previous_secret_until: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// An endpoint to register; every field already validated.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    pub secret: SecretString,
+}
+
+/// An edit of an endpoint: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChanges {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// An event with its exact body.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub id: String,
+    pub event_type: String,
+    /// The JSON body, byte for byte as every attempt sends it.
+    pub payload: String,
+    pub created_at: Millis,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Undeliverable,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Undeliverable => "undeliverable",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "succeeded" => Some(Self::Succeeded),
+            "undeliverable" => Some(Self::Undeliverable),
+            _ => None,
+        }
+    }
+}
+
+/// One event to one endpoint.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub seq: i64,
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub status: DeliveryStatus,
+    pub attempt_count: i64,
+    /// When the next attempt is scheduled; `None` once finished.
+    pub next_attempt_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Filters of the deliveries list; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub endpoint_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<DeliveryStatus>,
+}
+
+/// Why an attempt was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The first attempt or a retry of the schedule.
+    Scheduled,
+    /// Someone asked for it (`POST /v1/deliveries/{id}/retry`).
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Manual => "manual",
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        if text == "manual" { Self::Manual } else { Self::Scheduled }
+    }
+}
+
+/// One logged POST of a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub number: i64,
+    pub trigger: Trigger,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    pub status_code: Option<i64>,
+    /// `None` for a 2xx; otherwise `timeout`, `connect`, `dns`, `blocked`, `status`, …
+    pub error: Option<String>,
+    /// The first 4 KiB of the response body.
+    pub response_body: String,
+}
+
+/// Which endpoints a new event goes to.
+#[derive(Debug, Clone)]
+pub enum Fanout {
+    /// Every enabled endpoint of the organization subscribed to the event's type.
+    Subscribed,
+    /// This endpoint alone (a test event).
+    Endpoint(String),
+}
+
+/// A delivery claimed by a worker under a lease: everything needed to make the attempt without another
+/// query.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub delivery_id: String,
+    /// Proves the lease when the result is recorded; a newer claim or a manual retry replaces it.
+    pub lease_token: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub url: String,
+    /// The stored body, sent as it is.
+    pub payload: Bytes,
+    /// Secrets to sign with: the current one, then the previous one while its grace period lasts.
+    pub secrets: Vec<SecretString>,
+    /// Scheduled attempts already made.
+    pub scheduled_count: u32,
+    pub trigger: Trigger,
+}
+
+/// The result of one attempt, to be recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub delivery_id: String,
+    pub lease_token: String,
+    pub attempt: AttemptRecord,
+    /// Where the delivery goes next, decided by the retry policy.
+    pub next: Next,
+}
+
+/// The interview after an update, and the event it caused (none when nothing changed).
+#[derive(Debug, Clone)]
+pub struct InterviewUpdate {
+    pub interview: Interview,
+    pub event: Option<EventRecord>,
+}
+
+/// Everything the service keeps. Implementations differ only in SQL; the rules (diffs, retries, policy) are
+/// in [`crate::domain`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Makes an organization whose first API key has this hash; returns its id.
+    async fn create_org(&self, name: &str, key_hash: &str) -> Result<String>;
+    /// The organization an API key (by hash) belongs to.
+    async fn org_for_key(&self, key_hash: &str) -> Result<Option<String>>;
+
+    async fn create_endpoint(&self, org: &str, new: NewEndpoint) -> Result<EndpointRecord>;
+    async fn list_endpoints(&self, org: &str, page: PageRequest) -> Result<Page<EndpointRecord>>;
+    async fn get_endpoint(&self, org: &str, id: &str) -> Result<Option<EndpointRecord>>;
+    async fn update_endpoint(&self, org: &str, id: &str, changes: EndpointChanges) -> Result<Option<EndpointRecord>>;
+    /// Deletes an endpoint with its deliveries and their attempts; nothing pending is tried again.
+    async fn delete_endpoint(&self, org: &str, id: &str) -> Result<bool>;
+    /// Installs a new secret; the old one keeps signing until `previous_until`.
+    async fn rotate_secret(
+        &self,
+        org: &str,
+        id: &str,
+        secret: SecretString,
+        previous_until: Millis,
+    ) -> Result<Option<EndpointRecord>>;
+
+    /// Applies a merge update to a candidate's interview and, if anything changed, writes the event and its
+    /// deliveries in the same transaction. Updates of one candidate are serialized.
+    async fn update_interview(&self, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate>;
+    async fn get_interview(&self, org: &str, candidate_id: &str) -> Result<Option<Interview>>;
+
+    /// Writes an event and its deliveries in one transaction; returns the deliveries made.
+    async fn create_event(
+        &self,
+        org: &str,
+        event_type: &str,
+        payload: &str,
+        fanout: Fanout,
+    ) -> Result<(EventRecord, Vec<DeliveryRecord>)>;
+    async fn list_events(&self, org: &str, page: PageRequest) -> Result<Page<EventRecord>>;
+    async fn get_event(&self, org: &str, id: &str) -> Result<Option<EventRecord>>;
+
+    async fn list_deliveries(
+        &self,
+        org: &str,
+        filter: &DeliveryFilter,
+        page: PageRequest,
+    ) -> Result<Page<DeliveryRecord>>;
+    /// A delivery with its attempts, oldest attempt first.
+    async fn get_delivery(&self, org: &str, id: &str) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>>;
+    /// Makes a delivery due now for one manual attempt, whatever its status.
+    async fn request_retry(&self, org: &str, id: &str) -> Result<Option<DeliveryRecord>>;
+
+    /// Claims up to `limit` due deliveries of enabled endpoints not in `exclude`, earliest first, leasing
+    /// them until `lease_until`.
+    async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>>;
+    /// Gives claimed deliveries back, due now, without an attempt.
+    async fn release(&self, claims: &[Claim], now: Millis) -> Result<()>;
+    /// Logs attempts and moves their deliveries on, in one transaction. A result whose lease was taken over
+    /// is still logged, but leaves the delivery's state to the newer claim.
+    async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()>;
+    /// The earliest time after `now` at which a delivery becomes due.
+    async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>>;
+}

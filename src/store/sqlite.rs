@@ -1,0 +1,597 @@
+//! The SQLite store: one file in WAL mode, one writer connection (SQLite serializes writers anyway, and a
+//! single connection makes that explicit) and a few readers.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
+    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store,
+    StoreError, Trigger,
+};
+use crate::domain::ids;
+use crate::domain::interview::{Interview, InterviewPatch};
+use crate::domain::retry::Next;
+use crate::domain::time::{Millis, now_ms};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The embedded store.
+pub struct SqliteStore {
+    /// The only connection that writes: transactions queue here instead of failing with SQLITE_BUSY.
+    writer: SqlitePool,
+    /// Connections for reads, which WAL lets run beside the writer.
+    reader: SqlitePool,
+}
+
+const ENDPOINT_COLUMNS: &str = "seq, id, url, description, event_types, enabled, secret, previous_secret, \
+                                previous_secret_until, created_at, updated_at";
+const DELIVERY_COLUMNS: &str =
+    "seq, id, event_id, endpoint_id, status, attempt_count, next_attempt_at, created_at, updated_at";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `database`, a path or a `sqlite:` URL, and migrates it.
+    pub async fn open(database: &str) -> Result<Self> {
+        let options = if database.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(database)?
+        } else {
+            SqliteConnectOptions::new().filename(database)
+        }
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a transaction is on disk when COMMIT returns, so an acknowledged update survives power loss.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        // IMMEDIATE takes the write lock at BEGIN, so a read-then-write transaction (the interview diff)
+        // cannot be overtaken by another process between its read and its write.
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn endpoint_in(
+        tx: &mut Transaction<'static, Sqlite>,
+        org: &str,
+        id: &str,
+    ) -> Result<Option<EndpointRecord>> {
+        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND id = ?");
+        let row = sqlx::query(&sql).bind(org).bind(id).fetch_optional(&mut **tx).await?;
+        row.map(|r| endpoint_from_row(&r)).transpose()
+    }
+
+    /// Inserts an event and its deliveries inside `tx`.
+    async fn insert_event(
+        tx: &mut Transaction<'static, Sqlite>,
+        org: &str,
+        event_type: &str,
+        payload: &str,
+        fanout: &Fanout,
+        now: Millis,
+    ) -> Result<EventRecord> {
+        let id = ids::new_id(ids::EVENT);
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(&id)
+        .bind(org)
+        .bind(event_type)
+        .bind(payload)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        // Delivery ids are made in SQL so one statement fans out to every endpoint.
+        let insert = "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
+                      created_at, updated_at) \
+                      SELECT 'dlv_' || lower(hex(randomblob(12))), e.org_id, ?1, e.id, 'pending', ?2, ?2, ?2, ?2 \
+                      FROM endpoints e WHERE e.org_id = ?3";
+        match fanout {
+            Fanout::Subscribed => {
+                let sql = format!(
+                    "{insert} AND e.enabled = 1 AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)"
+                );
+                sqlx::query(&sql).bind(&id).bind(now).bind(org).bind(event_type).execute(&mut **tx).await?;
+            }
+            Fanout::Endpoint(endpoint) => {
+                let sql = format!("{insert} AND e.id = ?4");
+                sqlx::query(&sql).bind(&id).bind(now).bind(org).bind(endpoint).execute(&mut **tx).await?;
+            }
+        }
+        Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
+    }
+}
+
+fn endpoint_from_row(row: &SqliteRow) -> Result<EndpointRecord> {
+    let types: String = row.try_get("event_types")?;
+    let event_types = serde_json::from_str(&types).map_err(|e| StoreError::Corrupt(format!("event_types: {e}")))?;
+    Ok(EndpointRecord {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        url: row.try_get("url")?,
+        description: row.try_get("description")?,
+        event_types,
+        enabled: row.try_get("enabled")?,
+        secret: SecretString::from(row.try_get::<String, _>("secret")?),
+        previous_secret: row.try_get::<Option<String>, _>("previous_secret")?.map(SecretString::from),
+        previous_secret_until: row.try_get("previous_secret_until")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn delivery_from_row(row: &SqliteRow) -> Result<DeliveryRecord> {
+    let status: String = row.try_get("status")?;
+    Ok(DeliveryRecord {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
+        status: DeliveryStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        attempt_count: row.try_get("attempt_count")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<EventRecord> {
+    Ok(EventRecord {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        event_type: row.try_get("type")?,
+        payload: row.try_get("payload")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        number: row.try_get("number")?,
+        trigger: Trigger::parse(row.try_get::<&str, _>("trigger")?),
+        started_at: row.try_get("started_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        status_code: row.try_get("status_code")?,
+        error: row.try_get("error")?,
+        response_body: row.try_get("response_body")?,
+    })
+}
+
+/// Where a delivery goes after an attempt, as stored: status, and the time it is next due (if any).
+fn next_columns(next: Next) -> (&'static str, Option<Millis>) {
+    match next {
+        Next::Succeeded => (DeliveryStatus::Succeeded.as_str(), None),
+        Next::Undeliverable => (DeliveryStatus::Undeliverable.as_str(), None),
+        Next::RetryAt(at) => (DeliveryStatus::Pending.as_str(), Some(at)),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn create_org(&self, name: &str, key_hash: &str) -> Result<String> {
+        let id = ids::new_id(ids::ORG);
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(&id)
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO api_keys (key_hash, org_id, created_at) VALUES (?, ?, ?)")
+            .bind(key_hash)
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn org_for_key(&self, key_hash: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT org_id FROM api_keys WHERE key_hash = ?")
+            .bind(key_hash)
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    async fn create_endpoint(&self, org: &str, new: NewEndpoint) -> Result<EndpointRecord> {
+        let id = ids::new_id(ids::ENDPOINT);
+        let now = now_ms();
+        let types = serde_json::to_string(&new.event_types).unwrap_or_else(|_| "[]".into());
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO endpoints (id, org_id, url, description, event_types, enabled, secret, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(&id)
+        .bind(org)
+        .bind(&new.url)
+        .bind(&new.description)
+        .bind(&types)
+        .bind(new.enabled)
+        .bind(new.secret.expose_secret())
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(EndpointRecord {
+            seq,
+            id,
+            url: new.url,
+            description: new.description,
+            event_types: new.event_types,
+            enabled: new.enabled,
+            secret: new.secret,
+            previous_secret: None,
+            previous_secret_until: None,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    async fn list_endpoints(&self, org: &str, page: PageRequest) -> Result<Page<EndpointRecord>> {
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org)
+            .bind(page.before.unwrap_or(i64::MAX))
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.reader)
+            .await?;
+        let items = rows.iter().map(endpoint_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows(items, page.limit, |e| e.seq))
+    }
+
+    async fn get_endpoint(&self, org: &str, id: &str) -> Result<Option<EndpointRecord>> {
+        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND id = ?");
+        let row = sqlx::query(&sql).bind(org).bind(id).fetch_optional(&self.reader).await?;
+        row.map(|r| endpoint_from_row(&r)).transpose()
+    }
+
+    async fn update_endpoint(&self, org: &str, id: &str, changes: EndpointChanges) -> Result<Option<EndpointRecord>> {
+        let types = changes.event_types.as_ref().map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE endpoints SET url = COALESCE(?, url), description = COALESCE(?, description), \
+             event_types = COALESCE(?, event_types), enabled = COALESCE(?, enabled), updated_at = ? \
+             WHERE org_id = ? AND id = ?",
+        )
+        .bind(changes.url)
+        .bind(changes.description)
+        .bind(types)
+        .bind(changes.enabled)
+        .bind(now_ms())
+        .bind(org)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let endpoint = Self::endpoint_in(&mut tx, org, id).await?;
+        tx.commit().await?;
+        Ok(endpoint)
+    }
+
+    async fn delete_endpoint(&self, org: &str, id: &str) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM endpoints WHERE org_id = ? AND id = ?")
+            .bind(org)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn rotate_secret(
+        &self,
+        org: &str,
+        id: &str,
+        secret: SecretString,
+        previous_until: Millis,
+    ) -> Result<Option<EndpointRecord>> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE endpoints SET previous_secret = secret, previous_secret_until = ?, secret = ?, updated_at = ? \
+             WHERE org_id = ? AND id = ?",
+        )
+        .bind(previous_until)
+        .bind(secret.expose_secret())
+        .bind(now_ms())
+        .bind(org)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let endpoint = Self::endpoint_in(&mut tx, org, id).await?;
+        tx.commit().await?;
+        Ok(endpoint)
+    }
+
+    async fn update_interview(&self, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")
+                .bind(org)
+                .bind(candidate_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let existed = stored.is_some();
+        let current = match stored {
+            Some(text) => Interview::from_json(&text)
+                .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?,
+            None => Interview::empty(candidate_id),
+        };
+        let applied = current.apply(patch);
+        if existed && applied.event_body.is_none() {
+            return Ok(InterviewUpdate { interview: applied.interview, event: None });
+        }
+        sqlx::query(
+            "INSERT INTO interviews (org_id, candidate_id, data, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(org)
+        .bind(candidate_id)
+        .bind(applied.interview.to_json())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let event = match &applied.event_body {
+            Some(body) => Some(
+                Self::insert_event(&mut tx, org, crate::domain::interview::EVENT_TYPE, body, &Fanout::Subscribed, now)
+                    .await?,
+            ),
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(InterviewUpdate { interview: applied.interview, event })
+    }
+
+    async fn get_interview(&self, org: &str, candidate_id: &str) -> Result<Option<Interview>> {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")
+                .bind(org)
+                .bind(candidate_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        stored
+            .map(|text| Interview::from_json(&text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}"))))
+            .transpose()
+    }
+
+    async fn create_event(
+        &self,
+        org: &str,
+        event_type: &str,
+        payload: &str,
+        fanout: Fanout,
+    ) -> Result<(EventRecord, Vec<DeliveryRecord>)> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let event = Self::insert_event(&mut tx, org, event_type, payload, &fanout, now).await?;
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ? ORDER BY seq");
+        let rows = sqlx::query(&sql).bind(&event.id).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let deliveries = rows.iter().map(delivery_from_row).collect::<Result<Vec<_>>>()?;
+        Ok((event, deliveries))
+    }
+
+    async fn list_events(&self, org: &str, page: PageRequest) -> Result<Page<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, id, type, payload, created_at FROM events WHERE org_id = ? AND seq < ? \
+             ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(org)
+        .bind(page.before.unwrap_or(i64::MAX))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let items = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows(items, page.limit, |e| e.seq))
+    }
+
+    async fn get_event(&self, org: &str, id: &str) -> Result<Option<EventRecord>> {
+        let row = sqlx::query("SELECT seq, id, type, payload, created_at FROM events WHERE org_id = ? AND id = ?")
+            .bind(org)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| event_from_row(&r)).transpose()
+    }
+
+    async fn list_deliveries(
+        &self,
+        org: &str,
+        filter: &DeliveryFilter,
+        page: PageRequest,
+    ) -> Result<Page<DeliveryRecord>> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ?1 AND seq < ?2 \
+             AND (?3 IS NULL OR endpoint_id = ?3) AND (?4 IS NULL OR event_id = ?4) AND (?5 IS NULL OR status = ?5) \
+             ORDER BY seq DESC LIMIT ?6"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org)
+            .bind(page.before.unwrap_or(i64::MAX))
+            .bind(&filter.endpoint_id)
+            .bind(&filter.event_id)
+            .bind(filter.status.map(DeliveryStatus::as_str))
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.reader)
+            .await?;
+        let items = rows.iter().map(delivery_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows(items, page.limit, |d| d.seq))
+    }
+
+    async fn get_delivery(&self, org: &str, id: &str) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>> {
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ? AND id = ?");
+        let Some(row) = sqlx::query(&sql).bind(org).bind(id).fetch_optional(&self.reader).await? else {
+            return Ok(None);
+        };
+        let delivery = delivery_from_row(&row)?;
+        let attempts = sqlx::query(
+            "SELECT number, trigger, started_at, duration_ms, status_code, error, response_body FROM attempts \
+             WHERE delivery_id = ? ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some((delivery, attempts)))
+    }
+
+    async fn request_retry(&self, org: &str, id: &str) -> Result<Option<DeliveryRecord>> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE deliveries SET status = 'pending', manual = 1, run_at = ?1, next_attempt_at = ?1, \
+             lease_token = NULL, updated_at = ?1 WHERE org_id = ?2 AND id = ?3 RETURNING {DELIVERY_COLUMNS}"
+        );
+        let row = sqlx::query(&sql).bind(now).bind(org).bind(id).fetch_optional(&self.writer).await?;
+        row.map(|r| delivery_from_row(&r)).transpose()
+    }
+
+    async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>> {
+        let token = ids::new_id("lease");
+        let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
+        let mut tx = self.begin().await?;
+        let claimed: Vec<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET run_at = ?1, lease_token = ?2 WHERE seq IN ( \
+               SELECT d.seq FROM deliveries d \
+               WHERE d.run_at IS NOT NULL AND d.run_at <= ?3 \
+                 AND d.endpoint_id NOT IN (SELECT value FROM json_each(?4)) \
+                 AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id AND e.enabled = 1) \
+               ORDER BY d.run_at LIMIT ?5) \
+             RETURNING seq",
+        )
+        .bind(lease_until)
+        .bind(&token)
+        .bind(now)
+        .bind(&exclude)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let seqs = serde_json::to_string(&claimed).unwrap_or_else(|_| "[]".into());
+        let rows = sqlx::query(
+            "SELECT d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual, ev.payload, e.url, e.secret, \
+                    e.previous_secret, e.previous_secret_until \
+             FROM deliveries d JOIN events ev ON ev.id = d.event_id JOIN endpoints e ON e.id = d.endpoint_id \
+             WHERE d.seq IN (SELECT value FROM json_each(?)) ORDER BY d.run_at",
+        )
+        .bind(&seqs)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let mut secrets = vec![SecretString::from(row.try_get::<String, _>("secret")?)];
+                let until: Option<Millis> = row.try_get("previous_secret_until")?;
+                if let Some(previous) = row.try_get::<Option<String>, _>("previous_secret")?
+                    && until.is_some_and(|u| u > now)
+                {
+                    secrets.push(SecretString::from(previous));
+                }
+                let manual: bool = row.try_get("manual")?;
+                Ok(Claim {
+                    delivery_id: row.try_get("id")?,
+                    lease_token: token.clone(),
+                    event_id: row.try_get("event_id")?,
+                    endpoint_id: row.try_get("endpoint_id")?,
+                    url: row.try_get("url")?,
+                    payload: Bytes::from(row.try_get::<String, _>("payload")?),
+                    secrets,
+                    scheduled_count: row.try_get::<i64, _>("scheduled_count")? as u32,
+                    trigger: if manual { Trigger::Manual } else { Trigger::Scheduled },
+                })
+            })
+            .collect()
+    }
+
+    async fn release(&self, claims: &[Claim], now: Millis) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for claim in claims {
+            sqlx::query("UPDATE deliveries SET run_at = ?, lease_token = NULL WHERE id = ? AND lease_token = ?")
+                .bind(now)
+                .bind(&claim.delivery_id)
+                .bind(&claim.lease_token)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        for result in results {
+            let a = &result.attempt;
+            // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile.
+            sqlx::query(
+                "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
+                 response_body) SELECT id, attempt_count + 1, ?, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?",
+            )
+            .bind(a.trigger.as_str())
+            .bind(a.started_at)
+            .bind(a.duration_ms)
+            .bind(a.status_code)
+            .bind(&a.error)
+            .bind(&a.response_body)
+            .bind(&result.delivery_id)
+            .execute(&mut *tx)
+            .await?;
+            let (status, next_at) = next_columns(result.next);
+            let scheduled = i64::from(a.trigger == Trigger::Scheduled);
+            sqlx::query(
+                "UPDATE deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
+                   scheduled_count = scheduled_count + CASE WHEN lease_token = ?2 THEN ?3 ELSE 0 END, \
+                   status = CASE WHEN lease_token = ?2 THEN ?4 ELSE status END, \
+                   next_attempt_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE next_attempt_at END, \
+                   run_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE run_at END, \
+                   manual = CASE WHEN lease_token = ?2 THEN 0 ELSE manual END, \
+                   lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
+                 WHERE id = ?6",
+            )
+            .bind(now)
+            .bind(&result.lease_token)
+            .bind(scheduled)
+            .bind(status)
+            .bind(next_at)
+            .bind(&result.delivery_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar("SELECT MIN(run_at) FROM deliveries WHERE run_at > ?")
+            .bind(now)
+            .fetch_one(&self.reader)
+            .await?)
+    }
+}
