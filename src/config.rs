@@ -44,11 +44,7 @@ impl ServeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database: database.into(),
-            retry_schedule: vec![
-                Duration::from_secs(30),
-                Duration::from_secs(5 * 60),
-                Duration::from_secs(50 * 60),
-            ],
+            retry_schedule: vec![Duration::from_secs(30), Duration::from_secs(5 * 60), Duration::from_secs(50 * 60)],
             retry_jitter: 0.2,
             attempt_timeout: Duration::from_secs(15),
             allow_private_targets: false,

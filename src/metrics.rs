@@ -47,7 +47,11 @@ impl Metrics {
         let finished = Family::<StatusLabel, Counter>::default();
         let attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register("tidings_events", "Events created, by type", events.clone());
-        registry.register("tidings_attempts", "Delivery attempts, by outcome (success or error kind)", attempts.clone());
+        registry.register(
+            "tidings_attempts",
+            "Delivery attempts, by outcome (success or error kind)",
+            attempts.clone(),
+        );
         registry.register("tidings_deliveries_finished", "Deliveries finished, by final status", finished.clone());
         registry.register("tidings_attempt_duration_seconds", "Time one attempt took", attempt_seconds.clone());
         Self { registry, events, attempts, finished, attempt_seconds }

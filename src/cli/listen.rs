@@ -32,7 +32,8 @@ struct Listener {
 }
 
 pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
-    let status = StatusCode::from_u16(args.status).map_err(|_| anyhow::anyhow!("--status {} is not a status code", args.status))?;
+    let status = StatusCode::from_u16(args.status)
+        .map_err(|_| anyhow::anyhow!("--status {} is not a status code", args.status))?;
     let key = match args.secret {
         Some(secret) => Some(
             SigningKey::from_secret(&SecretString::from(secret))
@@ -41,10 +42,15 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
         None => None,
     };
     let address = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     println!("listening on http://{address}/ — answering {status}");
     let app = Router::new().fallback(receive).with_state(Listener { key, status });
-    axum::serve(listener, app).with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }
 

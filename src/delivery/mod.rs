@@ -75,7 +75,11 @@ impl Dispatcher {
     /// them.
     pub async fn run(self, shutdown: CancellationToken) {
         let (results, receiver) = mpsc::channel::<AttemptResult>(RECORD_BATCH * 4);
-        let recorder = tokio::spawn(record_loop(self.store.clone(), receiver, self.metrics.clone()));
+        let recorder = tokio::spawn(record_loop(self.store.clone(), receiver, self.metrics.clone(), self.wake.clone()));
+        let watcher = {
+            let (store, wake, stop) = (self.store.clone(), self.wake.clone(), shutdown.clone());
+            tokio::spawn(async move { store.watch_for_work(wake, stop).await })
+        };
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if shutdown.is_cancelled() {
@@ -110,6 +114,7 @@ impl Dispatcher {
         let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
         drop(results);
         let _ = recorder.await;
+        let _ = watcher.await;
     }
 
     /// Free slots overall, and the endpoints that have no free slot.
@@ -228,7 +233,12 @@ impl Attempt {
 
 /// Writes attempt results in batches until every sender is gone. A batch that cannot be written is tried
 /// again; if the store stays down, the leases run out and the deliveries are attempted again later.
-async fn record_loop(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<AttemptResult>, metrics: Arc<Metrics>) {
+async fn record_loop(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<AttemptResult>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let mut tries = 0;
@@ -250,5 +260,7 @@ async fn record_loop(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Attempt
             metrics.attempt_recorded(&result.attempt, result.next);
         }
         batch.clear();
+        // Recorded retries change when work is next due: let the claim loop look again.
+        wake.notify_one();
     }
 }

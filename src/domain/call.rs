@@ -129,7 +129,8 @@ mod tests {
         assert_eq!(validate(&json!({"candidate_id": "a", "call_id": 1})).unwrap_err().field, "call_id");
         let err = validate(&json!({"candidate_id": "a", "call_id": "c", "transcript": "no"})).unwrap_err();
         assert_eq!(err.field, "transcript");
-        let err = validate(&json!({"candidate_id": "a", "call_id": "c", "call_details": {"duration": "5"}})).unwrap_err();
+        let err =
+            validate(&json!({"candidate_id": "a", "call_id": "c", "call_details": {"duration": "5"}})).unwrap_err();
         assert_eq!(err.field, "call_details.duration");
         let err = validate(&json!({"candidate_id": "a", "call_id": "c",
             "call_details": {"call_analysis": {"user_sentiment": 3}}}))

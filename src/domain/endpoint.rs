@@ -114,6 +114,9 @@ pub fn validate_description(text: &str) -> Result<(), Invalid> {
     if text.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(Invalid::new("description", format!("must be at most {MAX_DESCRIPTION_CHARS} characters")));
     }
+    if text.contains('\0') {
+        return Err(Invalid::new("description", "must not contain NUL characters"));
+    }
     Ok(())
 }
 

@@ -13,23 +13,12 @@ pub const EVENT_TYPE: &str = "candidate.interview.updated";
 pub const BODY_EVENT: &str = "interview.updated";
 
 /// The outcomes the contract allows (besides `null`).
-pub const OUTCOMES: [&str; 6] = [
-    "candidate_not_interested",
-    "ai_opt_out",
-    "qualified",
-    "unqualified",
-    "candidate_not_responsive",
-    "completed",
-];
+pub const OUTCOMES: [&str; 6] =
+    ["candidate_not_interested", "ai_opt_out", "qualified", "unqualified", "candidate_not_responsive", "completed"];
 
 /// The updatable fields, in the order the contract lists them; `changes` and `data` keep this order.
-pub const FIELDS: [&str; 5] = [
-    "interview_completed_at",
-    "interview_sent_at",
-    "interview_outcome",
-    "interview_summary",
-    "interview_custom_data",
-];
+pub const FIELDS: [&str; 5] =
+    ["interview_completed_at", "interview_sent_at", "interview_outcome", "interview_summary", "interview_custom_data"];
 
 /// Longest candidate id accepted.
 pub const MAX_CANDIDATE_ID: usize = 255;
@@ -126,6 +115,15 @@ impl Interview {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// The current state of a candidate from its stored form, or all-null when it was never written;
+    /// `None` if the stored form is damaged.
+    pub fn load(stored: Option<&str>, candidate_id: &str) -> Option<Self> {
+        match stored {
+            Some(text) => Self::from_json(text),
+            None => Some(Self::empty(candidate_id)),
+        }
+    }
+
     /// Reads the stored form back; `None` if it is not an interview (which only a damaged store produces).
     pub fn from_json(text: &str) -> Option<Self> {
         let value: Value = serde_json::from_str(text).ok()?;
@@ -197,10 +195,7 @@ impl InterviewPatch {
                 }
                 (2, Value::String(outcome)) if OUTCOMES.contains(&outcome.as_str()) => value.clone(),
                 (2, _) => {
-                    return Err(Invalid::new(
-                        name.as_str(),
-                        format!("must be one of {} or null", OUTCOMES.join(", ")),
-                    ));
+                    return Err(Invalid::new(name.as_str(), format!("must be one of {} or null", OUTCOMES.join(", "))));
                 }
                 (3, Value::String(_)) => value.clone(),
                 (3, _) => return Err(Invalid::new(name.as_str(), "must be a string or null")),
@@ -280,7 +275,10 @@ mod tests {
         assert_eq!(err.field, "interview_outcome");
         assert!(err.message.contains("candidate_not_responsive"));
         assert_eq!(InterviewPatch::parse(&json!({"interview_sent_at": 5})).unwrap_err().field, "interview_sent_at");
-        assert_eq!(InterviewPatch::parse(&json!({"interview_custom_data": [1]})).unwrap_err().field, "interview_custom_data");
+        assert_eq!(
+            InterviewPatch::parse(&json!({"interview_custom_data": [1]})).unwrap_err().field,
+            "interview_custom_data"
+        );
         assert_eq!(InterviewPatch::parse(&json!({"nope": 1})).unwrap_err().field, "nope");
         assert_eq!(InterviewPatch::parse(&json!([1])).unwrap_err().field, "body");
     }

@@ -54,9 +54,10 @@ impl SigningKey {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(format!("{id}.{timestamp}.").as_bytes());
         mac.update(body);
-        header.split_whitespace().filter_map(|sig| sig.strip_prefix("v1,")).any(|sig| {
-            STANDARD.decode(sig).is_ok_and(|bytes| mac.clone().verify_slice(&bytes).is_ok())
-        })
+        header
+            .split_whitespace()
+            .filter_map(|sig| sig.strip_prefix("v1,"))
+            .any(|sig| STANDARD.decode(sig).is_ok_and(|bytes| mac.clone().verify_slice(&bytes).is_ok()))
     }
 }
 

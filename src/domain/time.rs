@@ -12,9 +12,7 @@ pub fn now_ms() -> Millis {
 
 /// `2026-01-02T03:04:05.678Z`: how the API writes service timestamps.
 pub fn format_ms(ms: Millis) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Reads an RFC 3339 timestamp with any offset and writes it back in UTC with `Z`, keeping the precision

@@ -19,9 +19,10 @@ pub async fn list_deliveries(
 ) -> Result<Json<ListView<DeliveryView>>, ApiError> {
     let status = match params.status.as_deref() {
         None | Some("") => None,
-        Some(text) => Some(DeliveryStatus::parse(text).ok_or_else(|| {
-            Invalid::new("status", "must be one of pending, succeeded, undeliverable")
-        })?),
+        Some(text) => Some(
+            DeliveryStatus::parse(text)
+                .ok_or_else(|| Invalid::new("status", "must be one of pending, succeeded, undeliverable"))?,
+        ),
     };
     let filter = DeliveryFilter {
         endpoint_id: params.endpoint_id.clone().filter(|s| !s.is_empty()),

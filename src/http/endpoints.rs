@@ -148,10 +148,12 @@ pub async fn test_endpoint(
 ) -> Result<impl IntoResponse, ApiError> {
     let endpoint = find(&state, &org, &id).await?;
     if !endpoint.enabled {
-        return Err(ApiError::Conflict("endpoint_disabled", "the endpoint is disabled; enable it to send a test event".into()));
+        return Err(ApiError::Conflict(
+            "endpoint_disabled",
+            "the endpoint is disabled; enable it to send a test event".into(),
+        ));
     }
-    let (_, deliveries) =
-        state.store.create_event(&org, EVENT_TYPE, EXAMPLE_BODY, Fanout::Endpoint(id)).await?;
+    let (_, deliveries) = state.store.create_event(&org, EVENT_TYPE, EXAMPLE_BODY, Fanout::Endpoint(id)).await?;
     state.event_written(EVENT_TYPE);
     let delivery = deliveries.first().ok_or(ApiError::NotFound("endpoint"))?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryView::from(delivery))))

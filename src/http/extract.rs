@@ -131,7 +131,10 @@ impl<'a> Fields<'a> {
     pub fn new(value: &'a Value, allowed: &[&str]) -> Result<Self, Invalid> {
         let object = value.as_object().ok_or_else(|| Invalid::new("body", "must be a JSON object"))?;
         if let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(Invalid::new(unknown.as_str(), format!("is not a known field; the fields are {}", allowed.join(", "))));
+            return Err(Invalid::new(
+                unknown.as_str(),
+                format!("is not a known field; the fields are {}", allowed.join(", ")),
+            ));
         }
         Ok(Self(object))
     }

@@ -6,11 +6,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use secrecy::SecretString;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::interview::{Interview, InterviewPatch};
 use crate::domain::retry::Next;
 use crate::domain::time::Millis;
 
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// A store failure. Callers treat it as internal: it is logged and answered as an opaque 500.
@@ -22,19 +26,22 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Opens the store named by `database` and brings its schema up to date: a file path or `sqlite:` URL
-/// opens SQLite (created if missing).
+/// Opens the store named by `database` and brings its schema up to date: a `postgres://` URL opens
+/// PostgreSQL; a file path or `sqlite:` URL opens SQLite (created if missing).
 pub async fn open(database: &str) -> Result<Arc<dyn Store>> {
-    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        return Err(StoreError::Unsupported("PostgreSQL is not supported by this build yet; use a SQLite file".into()));
+    if is_postgres(database) {
+        return Ok(Arc::new(postgres::PostgresStore::open(database).await?));
     }
     Ok(Arc::new(sqlite::SqliteStore::open(database).await?))
+}
+
+/// Whether `database` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
 /// A page of a newest-first list.
@@ -306,4 +313,11 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()>;
     /// The earliest time after `now` at which a delivery becomes due.
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>>;
+
+    /// Rings `wake` whenever another process announces new work, until `stop`. A store used by one process
+    /// only has nothing to announce and just waits.
+    async fn watch_for_work(&self, wake: Arc<Notify>, stop: CancellationToken) {
+        let _ = wake;
+        stop.cancelled().await;
+    }
 }

@@ -5,19 +5,21 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, Transaction};
 
+use super::rows::{
+    ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS,
+    EndpointRow, EventRow, next_columns, records,
+};
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
     EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store,
     StoreError, Trigger,
 };
 use crate::domain::ids;
-use crate::domain::interview::{Interview, InterviewPatch};
-use crate::domain::retry::Next;
+use crate::domain::interview::{self, Interview, InterviewPatch};
 use crate::domain::time::{Millis, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -30,10 +32,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
-const ENDPOINT_COLUMNS: &str = "seq, id, url, description, event_types, enabled, secret, previous_secret, \
-                                previous_secret_until, created_at, updated_at";
-const DELIVERY_COLUMNS: &str =
-    "seq, id, event_id, endpoint_id, status, attempt_count, next_attempt_at, created_at, updated_at";
+type Tx = Transaction<'static, Sqlite>;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `database`, a path or a `sqlite:` URL, and migrates it.
@@ -55,25 +54,15 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+    async fn begin(&self) -> Result<Tx> {
         // IMMEDIATE takes the write lock at BEGIN, so a read-then-write transaction (the interview diff)
         // cannot be overtaken by another process between its read and its write.
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    async fn endpoint_in(
-        tx: &mut Transaction<'static, Sqlite>,
-        org: &str,
-        id: &str,
-    ) -> Result<Option<EndpointRecord>> {
-        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND id = ?");
-        let row = sqlx::query(&sql).bind(org).bind(id).fetch_optional(&mut **tx).await?;
-        row.map(|r| endpoint_from_row(&r)).transpose()
-    }
-
     /// Inserts an event and its deliveries inside `tx`.
     async fn insert_event(
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &mut Tx,
         org: &str,
         event_type: &str,
         payload: &str,
@@ -96,83 +85,21 @@ impl SqliteStore {
                       created_at, updated_at) \
                       SELECT 'dlv_' || lower(hex(randomblob(12))), e.org_id, ?1, e.id, 'pending', ?2, ?2, ?2, ?2 \
                       FROM endpoints e WHERE e.org_id = ?3";
-        match fanout {
-            Fanout::Subscribed => {
-                let sql = format!(
-                    "{insert} AND e.enabled = 1 AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)"
-                );
-                sqlx::query(&sql).bind(&id).bind(now).bind(org).bind(event_type).execute(&mut **tx).await?;
-            }
-            Fanout::Endpoint(endpoint) => {
-                let sql = format!("{insert} AND e.id = ?4");
-                sqlx::query(&sql).bind(&id).bind(now).bind(org).bind(endpoint).execute(&mut **tx).await?;
-            }
-        }
+        let (filter, target) = match fanout {
+            Fanout::Subscribed => (
+                "AND e.enabled = 1 AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)",
+                event_type,
+            ),
+            Fanout::Endpoint(endpoint) => ("AND e.id = ?4", endpoint.as_str()),
+        };
+        sqlx::query(&format!("{insert} {filter}"))
+            .bind(&id)
+            .bind(now)
+            .bind(org)
+            .bind(target)
+            .execute(&mut **tx)
+            .await?;
         Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
-    }
-}
-
-fn endpoint_from_row(row: &SqliteRow) -> Result<EndpointRecord> {
-    let types: String = row.try_get("event_types")?;
-    let event_types = serde_json::from_str(&types).map_err(|e| StoreError::Corrupt(format!("event_types: {e}")))?;
-    Ok(EndpointRecord {
-        seq: row.try_get("seq")?,
-        id: row.try_get("id")?,
-        url: row.try_get("url")?,
-        description: row.try_get("description")?,
-        event_types,
-        enabled: row.try_get("enabled")?,
-        secret: SecretString::from(row.try_get::<String, _>("secret")?),
-        previous_secret: row.try_get::<Option<String>, _>("previous_secret")?.map(SecretString::from),
-        previous_secret_until: row.try_get("previous_secret_until")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn delivery_from_row(row: &SqliteRow) -> Result<DeliveryRecord> {
-    let status: String = row.try_get("status")?;
-    Ok(DeliveryRecord {
-        seq: row.try_get("seq")?,
-        id: row.try_get("id")?,
-        event_id: row.try_get("event_id")?,
-        endpoint_id: row.try_get("endpoint_id")?,
-        status: DeliveryStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
-        attempt_count: row.try_get("attempt_count")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<EventRecord> {
-    Ok(EventRecord {
-        seq: row.try_get("seq")?,
-        id: row.try_get("id")?,
-        event_type: row.try_get("type")?,
-        payload: row.try_get("payload")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
-    Ok(AttemptRecord {
-        number: row.try_get("number")?,
-        trigger: Trigger::parse(row.try_get::<&str, _>("trigger")?),
-        started_at: row.try_get("started_at")?,
-        duration_ms: row.try_get("duration_ms")?,
-        status_code: row.try_get("status_code")?,
-        error: row.try_get("error")?,
-        response_body: row.try_get("response_body")?,
-    })
-}
-
-/// Where a delivery goes after an attempt, as stored: status, and the time it is next due (if any).
-fn next_columns(next: Next) -> (&'static str, Option<Millis>) {
-    match next {
-        Next::Succeeded => (DeliveryStatus::Succeeded.as_str(), None),
-        Next::Undeliverable => (DeliveryStatus::Undeliverable.as_str(), None),
-        Next::RetryAt(at) => (DeliveryStatus::Pending.as_str(), Some(at)),
     }
 }
 
@@ -214,79 +141,62 @@ impl Store for SqliteStore {
         let id = ids::new_id(ids::ENDPOINT);
         let now = now_ms();
         let types = serde_json::to_string(&new.event_types).unwrap_or_else(|_| "[]".into());
-        let seq: i64 = sqlx::query_scalar(
+        let sql = format!(
             "INSERT INTO endpoints (id, org_id, url, description, event_types, enabled, secret, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(&id)
-        .bind(org)
-        .bind(&new.url)
-        .bind(&new.description)
-        .bind(&types)
-        .bind(new.enabled)
-        .bind(new.secret.expose_secret())
-        .bind(now)
-        .bind(now)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(EndpointRecord {
-            seq,
-            id,
-            url: new.url,
-            description: new.description,
-            event_types: new.event_types,
-            enabled: new.enabled,
-            secret: new.secret,
-            previous_secret: None,
-            previous_secret_until: None,
-            created_at: now,
-            updated_at: now,
-        })
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {ENDPOINT_COLUMNS}"
+        );
+        let row: EndpointRow = sqlx::query_as(&sql)
+            .bind(&id)
+            .bind(org)
+            .bind(&new.url)
+            .bind(&new.description)
+            .bind(&types)
+            .bind(new.enabled)
+            .bind(new.secret.expose_secret())
+            .bind(now)
+            .bind(now)
+            .fetch_one(&self.writer)
+            .await?;
+        row.try_into()
     }
 
     async fn list_endpoints(&self, org: &str, page: PageRequest) -> Result<Page<EndpointRecord>> {
         let sql = format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
         );
-        let rows = sqlx::query(&sql)
+        let rows: Vec<EndpointRow> = sqlx::query_as(&sql)
             .bind(org)
             .bind(page.before.unwrap_or(i64::MAX))
             .bind(i64::from(page.limit) + 1)
             .fetch_all(&self.reader)
             .await?;
-        let items = rows.iter().map(endpoint_from_row).collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_rows(items, page.limit, |e| e.seq))
+        Ok(Page::from_rows(records(rows)?, page.limit, |e| e.seq))
     }
 
     async fn get_endpoint(&self, org: &str, id: &str) -> Result<Option<EndpointRecord>> {
         let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND id = ?");
-        let row = sqlx::query(&sql).bind(org).bind(id).fetch_optional(&self.reader).await?;
-        row.map(|r| endpoint_from_row(&r)).transpose()
+        let row: Option<EndpointRow> = sqlx::query_as(&sql).bind(org).bind(id).fetch_optional(&self.reader).await?;
+        row.map(EndpointRecord::try_from).transpose()
     }
 
     async fn update_endpoint(&self, org: &str, id: &str, changes: EndpointChanges) -> Result<Option<EndpointRecord>> {
         let types = changes.event_types.as_ref().map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
-        let mut tx = self.begin().await?;
-        let updated = sqlx::query(
+        let sql = format!(
             "UPDATE endpoints SET url = COALESCE(?, url), description = COALESCE(?, description), \
              event_types = COALESCE(?, event_types), enabled = COALESCE(?, enabled), updated_at = ? \
-             WHERE org_id = ? AND id = ?",
-        )
-        .bind(changes.url)
-        .bind(changes.description)
-        .bind(types)
-        .bind(changes.enabled)
-        .bind(now_ms())
-        .bind(org)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let endpoint = Self::endpoint_in(&mut tx, org, id).await?;
-        tx.commit().await?;
-        Ok(endpoint)
+             WHERE org_id = ? AND id = ? RETURNING {ENDPOINT_COLUMNS}"
+        );
+        let row: Option<EndpointRow> = sqlx::query_as(&sql)
+            .bind(changes.url)
+            .bind(changes.description)
+            .bind(types)
+            .bind(changes.enabled)
+            .bind(now_ms())
+            .bind(org)
+            .bind(id)
+            .fetch_optional(&self.writer)
+            .await?;
+        row.map(EndpointRecord::try_from).transpose()
     }
 
     async fn delete_endpoint(&self, org: &str, id: &str) -> Result<bool> {
@@ -305,24 +215,19 @@ impl Store for SqliteStore {
         secret: SecretString,
         previous_until: Millis,
     ) -> Result<Option<EndpointRecord>> {
-        let mut tx = self.begin().await?;
-        let updated = sqlx::query(
+        let sql = format!(
             "UPDATE endpoints SET previous_secret = secret, previous_secret_until = ?, secret = ?, updated_at = ? \
-             WHERE org_id = ? AND id = ?",
-        )
-        .bind(previous_until)
-        .bind(secret.expose_secret())
-        .bind(now_ms())
-        .bind(org)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let endpoint = Self::endpoint_in(&mut tx, org, id).await?;
-        tx.commit().await?;
-        Ok(endpoint)
+             WHERE org_id = ? AND id = ? RETURNING {ENDPOINT_COLUMNS}"
+        );
+        let row: Option<EndpointRow> = sqlx::query_as(&sql)
+            .bind(previous_until)
+            .bind(secret.expose_secret())
+            .bind(now_ms())
+            .bind(org)
+            .bind(id)
+            .fetch_optional(&self.writer)
+            .await?;
+        row.map(EndpointRecord::try_from).transpose()
     }
 
     async fn update_interview(&self, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate> {
@@ -335,12 +240,9 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let existed = stored.is_some();
-        let current = match stored {
-            Some(text) => Interview::from_json(&text)
-                .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?,
-            None => Interview::empty(candidate_id),
-        };
-        let applied = current.apply(patch);
+        let applied = Interview::load(stored.as_deref(), candidate_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?
+            .apply(patch);
         if existed && applied.event_body.is_none() {
             return Ok(InterviewUpdate { interview: applied.interview, event: None });
         }
@@ -355,10 +257,9 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let event = match &applied.event_body {
-            Some(body) => Some(
-                Self::insert_event(&mut tx, org, crate::domain::interview::EVENT_TYPE, body, &Fanout::Subscribed, now)
-                    .await?,
-            ),
+            Some(body) => {
+                Some(Self::insert_event(&mut tx, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now).await?)
+            }
             None => None,
         };
         tx.commit().await?;
@@ -373,7 +274,9 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.reader)
                 .await?;
         stored
-            .map(|text| Interview::from_json(&text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}"))))
+            .map(|text| {
+                Interview::from_json(&text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))
+            })
             .transpose()
     }
 
@@ -388,33 +291,26 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let event = Self::insert_event(&mut tx, org, event_type, payload, &fanout, now).await?;
         let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ? ORDER BY seq");
-        let rows = sqlx::query(&sql).bind(&event.id).fetch_all(&mut *tx).await?;
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&sql).bind(&event.id).fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        let deliveries = rows.iter().map(delivery_from_row).collect::<Result<Vec<_>>>()?;
-        Ok((event, deliveries))
+        Ok((event, records(rows)?))
     }
 
     async fn list_events(&self, org: &str, page: PageRequest) -> Result<Page<EventRecord>> {
-        let rows = sqlx::query(
-            "SELECT seq, id, type, payload, created_at FROM events WHERE org_id = ? AND seq < ? \
-             ORDER BY seq DESC LIMIT ?",
-        )
-        .bind(org)
-        .bind(page.before.unwrap_or(i64::MAX))
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.reader)
-        .await?;
-        let items = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_rows(items, page.limit, |e| e.seq))
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?");
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(org)
+            .bind(page.before.unwrap_or(i64::MAX))
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(Page::from_rows(rows.into_iter().map(EventRecord::from).collect(), page.limit, |e| e.seq))
     }
 
     async fn get_event(&self, org: &str, id: &str) -> Result<Option<EventRecord>> {
-        let row = sqlx::query("SELECT seq, id, type, payload, created_at FROM events WHERE org_id = ? AND id = ?")
-            .bind(org)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(|r| event_from_row(&r)).transpose()
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ? AND id = ?");
+        let row: Option<EventRow> = sqlx::query_as(&sql).bind(org).bind(id).fetch_optional(&self.reader).await?;
+        Ok(row.map(EventRecord::from))
     }
 
     async fn list_deliveries(
@@ -428,7 +324,7 @@ impl Store for SqliteStore {
              AND (?3 IS NULL OR endpoint_id = ?3) AND (?4 IS NULL OR event_id = ?4) AND (?5 IS NULL OR status = ?5) \
              ORDER BY seq DESC LIMIT ?6"
         );
-        let rows = sqlx::query(&sql)
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&sql)
             .bind(org)
             .bind(page.before.unwrap_or(i64::MAX))
             .bind(&filter.endpoint_id)
@@ -437,27 +333,18 @@ impl Store for SqliteStore {
             .bind(i64::from(page.limit) + 1)
             .fetch_all(&self.reader)
             .await?;
-        let items = rows.iter().map(delivery_from_row).collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_rows(items, page.limit, |d| d.seq))
+        Ok(Page::from_rows(records(rows)?, page.limit, |d| d.seq))
     }
 
     async fn get_delivery(&self, org: &str, id: &str) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>> {
         let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ? AND id = ?");
-        let Some(row) = sqlx::query(&sql).bind(org).bind(id).fetch_optional(&self.reader).await? else {
+        let Some(row) = sqlx::query_as::<_, DeliveryRow>(&sql).bind(org).bind(id).fetch_optional(&self.reader).await?
+        else {
             return Ok(None);
         };
-        let delivery = delivery_from_row(&row)?;
-        let attempts = sqlx::query(
-            "SELECT number, trigger, started_at, duration_ms, status_code, error, response_body FROM attempts \
-             WHERE delivery_id = ? ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .map(attempt_from_row)
-        .collect::<Result<Vec<_>>>()?;
-        Ok(Some((delivery, attempts)))
+        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY seq");
+        let attempts: Vec<AttemptRow> = sqlx::query_as(&sql).bind(id).fetch_all(&self.reader).await?;
+        Ok(Some((row.try_into()?, attempts.into_iter().map(AttemptRecord::from).collect())))
     }
 
     async fn request_retry(&self, org: &str, id: &str) -> Result<Option<DeliveryRecord>> {
@@ -466,8 +353,9 @@ impl Store for SqliteStore {
             "UPDATE deliveries SET status = 'pending', manual = 1, run_at = ?1, next_attempt_at = ?1, \
              lease_token = NULL, updated_at = ?1 WHERE org_id = ?2 AND id = ?3 RETURNING {DELIVERY_COLUMNS}"
         );
-        let row = sqlx::query(&sql).bind(now).bind(org).bind(id).fetch_optional(&self.writer).await?;
-        row.map(|r| delivery_from_row(&r)).transpose()
+        let row: Option<DeliveryRow> =
+            sqlx::query_as(&sql).bind(now).bind(org).bind(id).fetch_optional(&self.writer).await?;
+        row.map(DeliveryRecord::try_from).transpose()
     }
 
     async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>> {
@@ -495,39 +383,17 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let seqs = serde_json::to_string(&claimed).unwrap_or_else(|_| "[]".into());
-        let rows = sqlx::query(
+        let rows: Vec<ClaimRow> = sqlx::query_as(
             "SELECT d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual, ev.payload, e.url, e.secret, \
                     e.previous_secret, e.previous_secret_until \
              FROM deliveries d JOIN events ev ON ev.id = d.event_id JOIN endpoints e ON e.id = d.endpoint_id \
-             WHERE d.seq IN (SELECT value FROM json_each(?)) ORDER BY d.run_at",
+             WHERE d.seq IN (SELECT value FROM json_each(?))",
         )
         .bind(&seqs)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|row| {
-                let mut secrets = vec![SecretString::from(row.try_get::<String, _>("secret")?)];
-                let until: Option<Millis> = row.try_get("previous_secret_until")?;
-                if let Some(previous) = row.try_get::<Option<String>, _>("previous_secret")?
-                    && until.is_some_and(|u| u > now)
-                {
-                    secrets.push(SecretString::from(previous));
-                }
-                let manual: bool = row.try_get("manual")?;
-                Ok(Claim {
-                    delivery_id: row.try_get("id")?,
-                    lease_token: token.clone(),
-                    event_id: row.try_get("event_id")?,
-                    endpoint_id: row.try_get("endpoint_id")?,
-                    url: row.try_get("url")?,
-                    payload: Bytes::from(row.try_get::<String, _>("payload")?),
-                    secrets,
-                    scheduled_count: row.try_get::<i64, _>("scheduled_count")? as u32,
-                    trigger: if manual { Trigger::Manual } else { Trigger::Scheduled },
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(|row| row.into_claim(&token, now)).collect())
     }
 
     async fn release(&self, claims: &[Claim], now: Millis) -> Result<()> {
@@ -564,7 +430,6 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             let (status, next_at) = next_columns(result.next);
-            let scheduled = i64::from(a.trigger == Trigger::Scheduled);
             sqlx::query(
                 "UPDATE deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
                    scheduled_count = scheduled_count + CASE WHEN lease_token = ?2 THEN ?3 ELSE 0 END, \
@@ -577,7 +442,7 @@ impl Store for SqliteStore {
             )
             .bind(now)
             .bind(&result.lease_token)
-            .bind(scheduled)
+            .bind(i64::from(a.trigger == Trigger::Scheduled))
             .bind(status)
             .bind(next_at)
             .bind(&result.delivery_id)

@@ -1,0 +1,183 @@
+//! Row shapes shared by both stores: the column types decode the same on SQLite and PostgreSQL, so each
+//! record is built from its row in one place.
+
+use bytes::Bytes;
+use secrecy::SecretString;
+
+use super::{AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, EndpointRecord, EventRecord, StoreError, Trigger};
+use crate::domain::retry::Next;
+use crate::domain::time::Millis;
+
+/// Endpoint columns, in the order of [`EndpointRow`].
+pub const ENDPOINT_COLUMNS: &str = "seq, id, url, description, event_types, enabled, secret, previous_secret, \
+                                    previous_secret_until, created_at, updated_at";
+/// Delivery columns, in the order of [`DeliveryRow`].
+pub const DELIVERY_COLUMNS: &str =
+    "seq, id, event_id, endpoint_id, status, attempt_count, next_attempt_at, created_at, updated_at";
+/// Event columns, in the order of [`EventRow`].
+pub const EVENT_COLUMNS: &str = "seq, id, type, payload, created_at";
+/// Attempt columns, in the order of [`AttemptRow`].
+pub const ATTEMPT_COLUMNS: &str = "number, trigger, started_at, duration_ms, status_code, error, response_body";
+
+#[derive(sqlx::FromRow)]
+pub struct EndpointRow {
+    seq: i64,
+    id: String,
+    url: String,
+    description: String,
+    /// A JSON array of strings.
+    event_types: String,
+    enabled: bool,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_secret_until: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<EndpointRow> for EndpointRecord {
+    type Error = StoreError;
+
+    fn try_from(row: EndpointRow) -> Result<Self, StoreError> {
+        let event_types = serde_json::from_str(&row.event_types)
+            .map_err(|e| StoreError::Corrupt(format!("event_types of {}: {e}", row.id)))?;
+        Ok(Self {
+            seq: row.seq,
+            id: row.id,
+            url: row.url,
+            description: row.description,
+            event_types,
+            enabled: row.enabled,
+            secret: SecretString::from(row.secret),
+            previous_secret: row.previous_secret.map(SecretString::from),
+            previous_secret_until: row.previous_secret_until,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct DeliveryRow {
+    seq: i64,
+    id: String,
+    event_id: String,
+    endpoint_id: String,
+    status: String,
+    attempt_count: i64,
+    next_attempt_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<DeliveryRow> for DeliveryRecord {
+    type Error = StoreError;
+
+    fn try_from(row: DeliveryRow) -> Result<Self, StoreError> {
+        let status = DeliveryStatus::parse(&row.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {} of {}", row.status, row.id)))?;
+        Ok(Self {
+            seq: row.seq,
+            id: row.id,
+            event_id: row.event_id,
+            endpoint_id: row.endpoint_id,
+            status,
+            attempt_count: row.attempt_count,
+            next_attempt_at: row.next_attempt_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct EventRow {
+    seq: i64,
+    id: String,
+    r#type: String,
+    payload: String,
+    created_at: i64,
+}
+
+impl From<EventRow> for EventRecord {
+    fn from(row: EventRow) -> Self {
+        Self { seq: row.seq, id: row.id, event_type: row.r#type, payload: row.payload, created_at: row.created_at }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct AttemptRow {
+    number: i64,
+    trigger: String,
+    started_at: i64,
+    duration_ms: i64,
+    status_code: Option<i64>,
+    error: Option<String>,
+    response_body: String,
+}
+
+impl From<AttemptRow> for AttemptRecord {
+    fn from(row: AttemptRow) -> Self {
+        Self {
+            number: row.number,
+            trigger: Trigger::parse(&row.trigger),
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            status_code: row.status_code,
+            error: row.error,
+            response_body: row.response_body,
+        }
+    }
+}
+
+/// What a claim reads: the delivery, its event's body and its endpoint's URL and secrets.
+#[derive(sqlx::FromRow)]
+pub struct ClaimRow {
+    id: String,
+    event_id: String,
+    endpoint_id: String,
+    scheduled_count: i64,
+    manual: bool,
+    payload: String,
+    url: String,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_secret_until: Option<i64>,
+}
+
+impl ClaimRow {
+    /// The claim, signing with the previous secret too while its grace period lasts at `now`.
+    pub fn into_claim(self, lease_token: &str, now: Millis) -> Claim {
+        let mut secrets = vec![SecretString::from(self.secret)];
+        if let Some(previous) = self.previous_secret
+            && self.previous_secret_until.is_some_and(|until| until > now)
+        {
+            secrets.push(SecretString::from(previous));
+        }
+        Claim {
+            delivery_id: self.id,
+            lease_token: lease_token.to_owned(),
+            event_id: self.event_id,
+            endpoint_id: self.endpoint_id,
+            url: self.url,
+            payload: Bytes::from(self.payload),
+            secrets,
+            scheduled_count: self.scheduled_count.max(0) as u32,
+            trigger: if self.manual { Trigger::Manual } else { Trigger::Scheduled },
+        }
+    }
+}
+
+/// Where a delivery goes after an attempt, as stored: its status and when it is next due (if ever).
+pub fn next_columns(next: Next) -> (&'static str, Option<Millis>) {
+    match next {
+        Next::Succeeded => (DeliveryStatus::Succeeded.as_str(), None),
+        Next::Undeliverable => (DeliveryStatus::Undeliverable.as_str(), None),
+        Next::RetryAt(at) => (DeliveryStatus::Pending.as_str(), Some(at)),
+    }
+}
+
+/// Converts rows to records, failing on the first damaged one.
+pub fn records<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
+    rows.into_iter().map(T::try_from).collect()
+}
