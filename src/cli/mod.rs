@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{ServeConfig, parse_duration, parse_schedule};
 
+mod bench;
 mod listen;
 
 #[derive(Parser)]
@@ -34,6 +35,8 @@ enum Command {
     },
     /// Run a local receiver that prints every webhook it gets and checks its signature.
     Listen(listen::ListenArgs),
+    /// Measure throughput, fan-out, latency and memory end to end on this machine (loopback only).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -161,6 +164,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Listen(args) => listen::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

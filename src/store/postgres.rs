@@ -13,13 +13,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS,
-    EndpointRow, EventRow, next_columns, records,
+    ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS, EndpointRow,
+    EventRow, next_columns, records,
 };
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
-    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store,
-    StoreError, Trigger,
+    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
+    Trigger,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -40,11 +40,8 @@ type Tx = Transaction<'static, Postgres>;
 impl PostgresStore {
     /// Connects and migrates. Migrations take an advisory lock, so processes starting together migrate once.
     pub async fn open(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+        let pool =
+            PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
@@ -347,7 +344,8 @@ impl Store for PostgresStore {
             "UPDATE deliveries SET status = 'pending', manual = TRUE, run_at = $1, next_attempt_at = $1, \
              lease_token = NULL, updated_at = $1 WHERE org_id = $2 AND id = $3 RETURNING {DELIVERY_COLUMNS}"
         );
-        let row: Option<DeliveryRow> = sqlx::query_as(&sql).bind(now).bind(org).bind(id).fetch_optional(&mut *tx).await?;
+        let row: Option<DeliveryRow> =
+            sqlx::query_as(&sql).bind(now).bind(org).bind(id).fetch_optional(&mut *tx).await?;
         sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *tx).await?;
         tx.commit().await?;
         row.map(DeliveryRecord::try_from).transpose()

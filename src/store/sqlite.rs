@@ -10,13 +10,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Sqlite, Transaction};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS,
-    EndpointRow, EventRow, next_columns, records,
+    ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS, EndpointRow,
+    EventRow, next_columns, records,
 };
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
-    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store,
-    StoreError, Trigger,
+    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
+    Trigger,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -86,10 +86,9 @@ impl SqliteStore {
                       SELECT 'dlv_' || lower(hex(randomblob(12))), e.org_id, ?1, e.id, 'pending', ?2, ?2, ?2, ?2 \
                       FROM endpoints e WHERE e.org_id = ?3";
         let (filter, target) = match fanout {
-            Fanout::Subscribed => (
-                "AND e.enabled = 1 AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)",
-                event_type,
-            ),
+            Fanout::Subscribed => {
+                ("AND e.enabled = 1 AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)", event_type)
+            }
             Fanout::Endpoint(endpoint) => ("AND e.id = ?4", endpoint.as_str()),
         };
         sqlx::query(&format!("{insert} {filter}"))
@@ -161,9 +160,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_endpoints(&self, org: &str, page: PageRequest) -> Result<Page<EndpointRecord>> {
-        let sql = format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-        );
+        let sql =
+            format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?");
         let rows: Vec<EndpointRow> = sqlx::query_as(&sql)
             .bind(org)
             .bind(page.before.unwrap_or(i64::MAX))

@@ -1,0 +1,469 @@
+//! `tidings bench`: an end-to-end load run on this machine, bounded in count and time, loopback only. It starts
+//! a fresh store, a `tidings serve` child process and a minimal receiver, then measures the ceiling (a plain
+//! client posting straight to the receiver), throughput to one endpoint, fan-out to many, change-to-receipt
+//! latency, and the server's peak resident memory.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use clap::Args;
+use hdrhistogram::Histogram;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::parse_duration;
+use crate::domain::interview::EXAMPLE_BODY;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Webhooks per measurement (ceiling, throughput, fan-out).
+    #[arg(long, default_value_t = 20_000)]
+    n: usize,
+    /// Requests in flight at once from the load generator.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Endpoints of the fan-out measurement (each update goes to all of them).
+    #[arg(long, default_value_t = 50)]
+    endpoints: usize,
+    /// Updates per second of the open-loop latency measurement.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// How long each open-loop latency run lasts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    latency_duration: Duration,
+    /// Store to use: a fresh SQLite file in a temporary folder by default, or a `postgres://` URL (which should
+    /// name an empty database).
+    #[arg(long)]
+    database: Option<String>,
+    /// Longest any one measurement may take before the run gives up.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    phase_timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Latency figures, in milliseconds.
+#[derive(Serialize, Default, Clone)]
+struct Latency {
+    rate_per_s: f64,
+    count: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Serialize, Default)]
+struct Report {
+    store: String,
+    n: usize,
+    concurrency: usize,
+    ceiling_per_s: f64,
+    ingest_per_s: f64,
+    delivery_per_s: f64,
+    delivery_vs_ceiling: f64,
+    fanout_endpoints: usize,
+    fanout_deliveries_per_s: f64,
+    fanout_vs_ceiling: f64,
+    latency_unloaded: Latency,
+    latency_fixed: Latency,
+    latency_half_throughput: Latency,
+    server_peak_rss_mib: f64,
+}
+
+/// What the receiver has seen.
+struct Sink {
+    base: Instant,
+    count: AtomicU64,
+    /// Nanoseconds after `base` of the last receipt.
+    last_ns: AtomicU64,
+    /// When set, receipts are timed per candidate id.
+    track: AtomicBool,
+    arrivals: Mutex<HashMap<String, Instant>>,
+}
+
+async fn receive(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
+    let now = Instant::now();
+    if sink.track.load(Ordering::Relaxed)
+        && let Some(candidate) = candidate_of(&body)
+    {
+        sink.arrivals.lock().unwrap_or_else(|e| e.into_inner()).insert(candidate, now);
+    }
+    sink.last_ns.fetch_max(now.duration_since(sink.base).as_nanos() as u64, Ordering::Relaxed);
+    sink.count.fetch_add(1, Ordering::Relaxed);
+    StatusCode::OK
+}
+
+/// The candidate id of an `interview.updated` body, found without parsing the whole body.
+fn candidate_of(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"candidate_id\":\"")? + "\"candidate_id\":\"".len();
+    let end = text[start..].find('"')? + start;
+    Some(text[start..end].to_owned())
+}
+
+/// The `tidings serve` under test; killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Peak resident memory so far, from `/proc` (Linux only; 0 elsewhere).
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.n > 0 && args.concurrency > 0 && args.endpoints > 0 && args.rate > 0,
+        "counts must be positive"
+    );
+    let dir = tempfile::tempdir()?;
+    let database = args.database.clone().unwrap_or_else(|| dir.path().join("bench.db").to_string_lossy().into_owned());
+    let store = if crate::store::is_postgres(&database) { "postgres" } else { "sqlite" };
+    let mut report = Report { store: store.into(), n: args.n, concurrency: args.concurrency, ..Report::default() };
+    progress(&format!("bench: {} webhooks per run, {} in flight, store {store}", args.n, args.concurrency));
+
+    let sink = Arc::new(Sink {
+        base: Instant::now(),
+        count: AtomicU64::new(0),
+        last_ns: AtomicU64::new(0),
+        track: AtomicBool::new(false),
+        arrivals: Mutex::new(HashMap::new()),
+    });
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver_url = format!("http://{}/hook", receiver.local_addr()?);
+    let app = Router::new().fallback(receive).with_state(sink.clone());
+    tokio::spawn(async move { axum::serve(receiver, app).await });
+
+    let server = start_server(&database).await?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).tcp_nodelay(true).build()?;
+
+    progress("ceiling: a plain client posting straight to the receiver");
+    let started = Instant::now();
+    let before = sink.count.load(Ordering::Relaxed);
+    let (ceiling_client, ceiling_url) = (client.clone(), receiver_url.clone());
+    run_concurrently(args.n, args.concurrency, move |_| {
+        let (client, url) = (ceiling_client.clone(), ceiling_url.clone());
+        async move {
+            let _ = client.post(url).header("content-type", "application/json").body(EXAMPLE_BODY).send().await;
+        }
+    })
+    .await;
+    anyhow::ensure!(sink.count.load(Ordering::Relaxed) - before == args.n as u64, "the receiver missed posts");
+    report.ceiling_per_s = args.n as f64 / started.elapsed().as_secs_f64();
+
+    progress("throughput: interview updates to one endpoint");
+    let api = Api::new(&client, &server.base, &database, "bench-throughput").await?;
+    api.endpoint(&receiver_url).await?;
+    let (ingest, delivery) = deliver(&api, &sink, "t", args.n, 1, args.concurrency, args.phase_timeout).await?;
+    report.ingest_per_s = ingest;
+    report.delivery_per_s = delivery;
+    report.delivery_vs_ceiling = delivery / report.ceiling_per_s;
+
+    progress(&format!("fan-out: updates to {} endpoints", args.endpoints));
+    let api = Api::new(&client, &server.base, &database, "bench-fanout").await?;
+    for _ in 0..args.endpoints {
+        api.endpoint(&receiver_url).await?;
+    }
+    let updates = (args.n / args.endpoints).max(1);
+    let (_, fanout) = deliver(&api, &sink, "f", updates, args.endpoints, args.concurrency, args.phase_timeout).await?;
+    report.fanout_endpoints = args.endpoints;
+    report.fanout_deliveries_per_s = fanout;
+    report.fanout_vs_ceiling = fanout / report.ceiling_per_s;
+
+    let api = Api::new(&client, &server.base, &database, "bench-latency").await?;
+    api.endpoint(&receiver_url).await?;
+    sink.track.store(true, Ordering::Relaxed);
+    progress("latency: one update at a time");
+    report.latency_unloaded = unloaded_latency(&api, &sink, 500, args.phase_timeout).await?;
+    progress(&format!("latency: {} updates/s, open loop", args.rate));
+    report.latency_fixed =
+        open_loop_latency(&api, &sink, "r", args.rate, args.latency_duration, args.phase_timeout).await?;
+    let half = ((delivery / 2.0) as u64).max(1);
+    progress(&format!("latency: {half} updates/s (half the measured throughput), open loop"));
+    report.latency_half_throughput =
+        open_loop_latency(&api, &sink, "h", half, args.latency_duration, args.phase_timeout).await?;
+    report.server_peak_rss_mib = server.peak_rss_mib();
+    drop(server);
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn progress(text: &str) {
+    eprintln!("… {text}");
+}
+
+async fn start_server(database: &str) -> anyhow::Result<Server> {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?.port()
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--allow-private-targets", "--database", database, "--listen", &address.to_string()])
+        .env("TIDINGS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let server = Server { child, base: format!("http://{address}") };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.get(format!("{}/readyz", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(server);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One organization's view of the server under test.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    async fn new(client: &reqwest::Client, base: &str, database: &str, name: &str) -> anyhow::Result<Self> {
+        let org = crate::create_org(database, name).await?;
+        Ok(Self { client: client.clone(), base: base.to_owned(), key: org.api_key.expose_secret().to_owned() })
+    }
+
+    async fn endpoint(&self, url: &str) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .post(format!("{}/v1/endpoints", self.base))
+            .bearer_auth(&self.key)
+            .json(&json!({ "url": url }))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "creating an endpoint answered {}", response.status());
+        Ok(())
+    }
+
+    /// Updates candidate `id` with the document's example fields.
+    async fn update(&self, id: &str) -> anyhow::Result<()> {
+        let body = json!({
+            "interview_completed_at": "2025-04-15T16:00:00Z",
+            "interview_sent_at": "2025-04-14T12:00:00Z",
+            "interview_outcome": "completed",
+            "interview_summary": "Example of customizable interview summary text",
+            "interview_custom_data": {"can_lift_50lbs": true, "eligible_to_work": true}
+        });
+        let response = self
+            .client
+            .patch(format!("{}/v1/interviews/{id}", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "an update answered {}", response.status());
+        Ok(())
+    }
+}
+
+/// Runs `count` jobs with at most `concurrency` at once.
+async fn run_concurrently<F, Fut>(count: usize, concurrency: usize, job: F)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let job = Arc::new(job);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(count) {
+        let (next, job) = (next.clone(), job.clone());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                job(i).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// Sends `updates` distinct updates, each fanning out to `per_update` endpoints, and waits for every webhook.
+/// Answers the ingest rate (updates/s) and the delivery rate (webhooks/s, first send to last receipt).
+async fn deliver(
+    api: &Api,
+    sink: &Arc<Sink>,
+    tag: &str,
+    updates: usize,
+    per_update: usize,
+    concurrency: usize,
+    timeout: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let expected = sink.count.load(Ordering::Relaxed) + (updates * per_update) as u64;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let (client, base, key, tag) = (api.client.clone(), api.base.clone(), api.key.clone(), tag.to_owned());
+    let api = Arc::new(Api { client, base, key });
+    {
+        let failures = failures.clone();
+        run_concurrently(updates, concurrency, move |i| {
+            let (api, failures, id) = (api.clone(), failures.clone(), format!("{tag}_{i}"));
+            async move {
+                if api.update(&id).await.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+    }
+    let ingest = updates as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(failures.load(Ordering::Relaxed) == 0, "{} updates failed", failures.load(Ordering::Relaxed));
+    wait_for(sink, expected, timeout).await?;
+    let last = sink.base + Duration::from_nanos(sink.last_ns.load(Ordering::Relaxed));
+    let delivery = (updates * per_update) as f64 / last.duration_since(started).as_secs_f64();
+    Ok((ingest, delivery))
+}
+
+async fn wait_for(sink: &Sink, expected: u64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while sink.count.load(Ordering::Relaxed) < expected {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {expected} webhooks arrived within {timeout:?}",
+            sink.count.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// Change-to-receipt latency with one update in flight at a time.
+async fn unloaded_latency(api: &Api, sink: &Sink, count: usize, timeout: Duration) -> anyhow::Result<Latency> {
+    let mut histogram = new_histogram();
+    let started = Instant::now();
+    for i in 0..count {
+        let id = format!("u_{i}");
+        let sent = Instant::now();
+        api.update(&id).await?;
+        let deadline = Instant::now() + timeout;
+        let received = loop {
+            if let Some(at) = sink.arrivals.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                break at;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "webhook for {id} did not arrive");
+            tokio::task::yield_now().await;
+        };
+        let _ = histogram.record(received.duration_since(sent).as_micros().max(1) as u64);
+    }
+    Ok(latency(&histogram, count as f64 / started.elapsed().as_secs_f64()))
+}
+
+/// Change-to-receipt latency of an open-loop stream: updates start on schedule whatever the answers.
+async fn open_loop_latency(
+    api: &Api,
+    sink: &Arc<Sink>,
+    tag: &str,
+    rate: u64,
+    duration: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Latency> {
+    let count = ((rate as f64) * duration.as_secs_f64()).ceil().max(1.0) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(count)));
+    let api = Arc::new(Api { client: api.client.clone(), base: api.base.clone(), key: api.key.clone() });
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let (api, sent, id) = (api.clone(), sent.clone(), format!("{tag}_{i}"));
+        tasks.spawn(async move {
+            sent.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), Instant::now());
+            api.update(&id).await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    let deadline = Instant::now() + timeout;
+    let mut histogram = new_histogram();
+    let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|e| e.into_inner()));
+    for (id, at) in sent {
+        let received = loop {
+            if let Some(received) = sink.arrivals.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                break received;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "webhook for {id} did not arrive");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let _ = histogram.record(received.saturating_duration_since(at).as_micros().max(1) as u64);
+    }
+    Ok(latency(&histogram, rate as f64))
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn latency(histogram: &Histogram<u64>, rate: f64) -> Latency {
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    Latency {
+        rate_per_s: rate,
+        count: histogram.len(),
+        p50_ms: ms(histogram.value_at_quantile(0.5)),
+        p99_ms: ms(histogram.value_at_quantile(0.99)),
+        p999_ms: ms(histogram.value_at_quantile(0.999)),
+        max_ms: ms(histogram.max()),
+    }
+}
+
+fn print_report(r: &Report) {
+    println!("tidings bench — store {}, {} webhooks per run, {} in flight", r.store, r.n, r.concurrency);
+    println!("  ceiling     {:>9.0} posts/s      (plain client straight to the receiver)", r.ceiling_per_s);
+    println!(
+        "  throughput  {:>9.0} webhooks/s   {:.2} × ceiling   (ingest {:.0} updates/s)",
+        r.delivery_per_s, r.delivery_vs_ceiling, r.ingest_per_s
+    );
+    println!(
+        "  fan-out     {:>9.0} webhooks/s   {:.2} × ceiling   ({} endpoints)",
+        r.fanout_deliveries_per_s, r.fanout_vs_ceiling, r.fanout_endpoints
+    );
+    for (name, l) in
+        [("unloaded", &r.latency_unloaded), ("fixed rate", &r.latency_fixed), ("half rate", &r.latency_half_throughput)]
+    {
+        println!(
+            "  latency {:<10} {:>6.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>7.2} ms  (n={})",
+            name, l.rate_per_s, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+        );
+    }
+    println!("  server peak resident memory {:.1} MiB", r.server_peak_rss_mib);
+}
