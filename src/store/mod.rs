@@ -26,6 +26,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    #[error("the transaction this write was grouped into failed: {0}")]
+    Batch(String),
+    #[error("the store is shutting down")]
+    Closed,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{
     ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS, EndpointRow,
@@ -30,6 +31,51 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Connections for reads, which WAL lets run beside the writer.
     reader: SqlitePool,
+    /// Interview updates waiting for the group committer.
+    updates: mpsc::Sender<UpdateJob>,
+}
+
+/// One interview update waiting to be committed, and where its answer goes.
+struct UpdateJob {
+    org: String,
+    candidate_id: String,
+    patch: InterviewPatch,
+    reply: oneshot::Sender<Result<InterviewUpdate>>,
+}
+
+/// Most interview updates committed in one transaction.
+const UPDATE_BATCH: usize = 256;
+
+/// The group committer: takes every update waiting, applies them in order in one transaction, and syncs the
+/// disk once for all of them. Updates of one candidate in a batch see each other, so the diff chain stays exact.
+async fn commit_updates(writer: SqlitePool, mut jobs: mpsc::Receiver<UpdateJob>) {
+    let mut batch = Vec::with_capacity(UPDATE_BATCH);
+    while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
+        let now = now_ms();
+        let outcome: Result<Vec<InterviewUpdate>> = async {
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut done = Vec::with_capacity(batch.len());
+            for job in &batch {
+                done.push(SqliteStore::apply_update(&mut tx, job, now).await?);
+            }
+            tx.commit().await?;
+            Ok(done)
+        }
+        .await;
+        match outcome {
+            Ok(done) => {
+                for (job, update) in batch.drain(..).zip(done) {
+                    let _ = job.reply.send(Ok(update));
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Batch(message.clone())));
+                }
+            }
+        }
+    }
 }
 
 type Tx = Transaction<'static, Sqlite>;
@@ -51,13 +97,49 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        Ok(Self { writer, reader })
+        let (updates, jobs) = mpsc::channel(UPDATE_BATCH * 4);
+        tokio::spawn(commit_updates(writer.clone(), jobs));
+        Ok(Self { writer, reader, updates })
     }
 
     async fn begin(&self) -> Result<Tx> {
         // IMMEDIATE takes the write lock at BEGIN, so a read-then-write transaction (the interview diff)
         // cannot be overtaken by another process between its read and its write.
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Applies one interview update inside `tx`: reads the current state, diffs, and writes the new state and
+    /// its event (if anything changed).
+    async fn apply_update(tx: &mut Tx, job: &UpdateJob, now: Millis) -> Result<InterviewUpdate> {
+        let (org, candidate_id) = (job.org.as_str(), job.candidate_id.as_str());
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")
+                .bind(org)
+                .bind(candidate_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let existed = stored.is_some();
+        let applied = Interview::load(stored.as_deref(), candidate_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?
+            .apply(&job.patch);
+        if existed && applied.event_body.is_none() {
+            return Ok(InterviewUpdate { interview: applied.interview, event: None });
+        }
+        sqlx::query(
+            "INSERT INTO interviews (org_id, candidate_id, data, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(org)
+        .bind(candidate_id)
+        .bind(applied.interview.to_json())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        let event = match &applied.event_body {
+            Some(body) => Some(Self::insert_event(tx, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now).await?),
+            None => None,
+        };
+        Ok(InterviewUpdate { interview: applied.interview, event })
     }
 
     /// Inserts an event and its deliveries inside `tx`.
@@ -229,39 +311,10 @@ impl Store for SqliteStore {
     }
 
     async fn update_interview(&self, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")
-                .bind(org)
-                .bind(candidate_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let existed = stored.is_some();
-        let applied = Interview::load(stored.as_deref(), candidate_id)
-            .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?
-            .apply(patch);
-        if existed && applied.event_body.is_none() {
-            return Ok(InterviewUpdate { interview: applied.interview, event: None });
-        }
-        sqlx::query(
-            "INSERT INTO interviews (org_id, candidate_id, data, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-        )
-        .bind(org)
-        .bind(candidate_id)
-        .bind(applied.interview.to_json())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let event = match &applied.event_body {
-            Some(body) => {
-                Some(Self::insert_event(&mut tx, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now).await?)
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(InterviewUpdate { interview: applied.interview, event })
+        let (reply, answer) = oneshot::channel();
+        let job = UpdateJob { org: org.to_owned(), candidate_id: candidate_id.to_owned(), patch: patch.clone(), reply };
+        self.updates.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn get_interview(&self, org: &str, candidate_id: &str) -> Result<Option<Interview>> {
