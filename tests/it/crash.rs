@@ -1,0 +1,294 @@
+//! The real binary: `org create`, `serve` configured from flags or `TIDINGS_*` variables, and a process killed
+//! with SIGKILL in the middle of deliveries that, restarted on the same database, loses no event.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidings");
+
+/// `tidings org create NAME --database PATH`: answers the key, the last line of its output.
+fn create_org(database: &str, name: &str) -> String {
+    let output = Command::new(BIN)
+        .args(["org", "create", name, "--database", database])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tidings org create");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tidings org create failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key = stdout.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default().to_owned();
+    assert!(key.starts_with("tdk_"), "the last line of `org create` is the key, got {stdout:?}");
+    key
+}
+
+/// A `tidings serve` child process, killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    log: PathBuf,
+    base: String,
+}
+
+impl Server {
+    /// Starts `tidings serve` with `flags` and `env`, logging to `log`, and waits for `/healthz`.
+    async fn start(flags: &[String], env: &[(&str, String)], port: u16, log: &Path) -> Server {
+        let out = File::options().create(true).append(true).open(log).expect("log file");
+        let mut command = Command::new(BIN);
+        command.arg("serve").args(flags).stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("spawn tidings serve");
+        let mut server = Server { child, log: log.to_owned(), base: format!("http://127.0.0.1:{port}") };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&mut self) {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+        let url = format!("{}/healthz", self.base);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = http.get(&url).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tidings serve exited with {status} before it was healthy:\n{}", self.log_text());
+            }
+            if Instant::now() >= deadline {
+                panic!("{url} did not answer 200 in time:\n{}", self.log_text());
+            }
+            tokio::time::sleep(ms(25)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL (`Child::kill` on Unix) and reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn serve_flags(database: &str, port: u16) -> Vec<String> {
+    [
+        "--database",
+        database,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--allow-private-targets",
+        "--retry-schedule",
+        "50ms,100ms,200ms",
+        "--retry-jitter",
+        "0",
+        "--attempt-timeout",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_its_settings_from_the_environment() {
+    let dir = TempDir::new().unwrap();
+    let database = dir.path().join("env.db").to_string_lossy().into_owned();
+    let key = create_org(&database, "env org");
+    let port = free_port();
+    let env = [
+        ("TIDINGS_DATABASE", database.clone()),
+        ("TIDINGS_LISTEN", format!("127.0.0.1:{port}")),
+        ("TIDINGS_ALLOW_PRIVATE_TARGETS", "true".to_owned()),
+        ("TIDINGS_RETRY_SCHEDULE", "50ms".to_owned()),
+        ("TIDINGS_RETRY_JITTER", "0".to_owned()),
+        ("TIDINGS_ATTEMPT_TIMEOUT", "2s".to_owned()),
+    ];
+    let server = Server::start(&[], &env, port, &dir.path().join("serve.log")).await;
+    let api = Api::new(server.base.clone(), Some(key));
+
+    // A loopback receiver is accepted only because TIDINGS_ALLOW_PRIVATE_TARGETS was read, and the
+    // database is the one `org create` wrote, or the key would not be known.
+    let receiver = Receiver::start(Reply::Status(500)).await;
+    api.create_endpoint(&receiver.url()).await;
+    let answer = api.patch_interview("cand_env", json!({ "interview_outcome": "qualified" })).await;
+    let delivery = api.delivery_of_event(answer["event"]["id"].as_str().unwrap()).await;
+    let delivery = api.wait_delivery_status(delivery["id"].as_str().unwrap(), "undeliverable").await;
+    assert_eq!(delivery["attempt_count"], 2, "TIDINGS_RETRY_SCHEDULE=50ms means one retry: {delivery:#}");
+    assert_eq!(receiver.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_deliveries_loses_no_event() {
+    const CANDIDATES: usize = 300;
+    let dir = TempDir::new().unwrap();
+    let database = dir.path().join("crash.db").to_string_lossy().into_owned();
+    let log = dir.path().join("serve.log");
+    let key = create_org(&database, "crash org");
+
+    // Slow answers keep deliveries in flight when the process dies.
+    let receiver = Receiver::start(Reply::Slow(Duration::from_secs(1), 200)).await;
+    let port = free_port();
+    let mut server = Server::start(&serve_flags(&database, port), &[], port, &log).await;
+    let api = Api::new(server.base.clone(), Some(key.clone()));
+    api.create_endpoint(&receiver.url()).await;
+
+    // PATCH distinct candidates, 16 at a time, remembering every event the service acknowledged.
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let patcher = {
+        let acknowledged = acknowledged.clone();
+        let url = format!("{}/v1/interviews", server.base);
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+            futures_util::stream::iter(0..CANDIDATES)
+                .for_each_concurrent(16, |n| {
+                    let (http, url, key, acknowledged) = (http.clone(), url.clone(), key.clone(), acknowledged.clone());
+                    async move {
+                        let body =
+                            json!({ "interview_outcome": "qualified", "interview_summary": format!("crash {n}") });
+                        let sent = http
+                            .patch(format!("{url}/cand_crash_{n}"))
+                            .header("authorization", format!("Bearer {key}"))
+                            .header("content-type", "application/json")
+                            .body(body.to_string())
+                            .send()
+                            .await;
+                        let Ok(response) = sent else { return };
+                        if response.status() != StatusCode::OK {
+                            return;
+                        }
+                        let Ok(bytes) = response.bytes().await else { return };
+                        let answer: Value = serde_json::from_slice(&bytes).expect("PATCH answers JSON");
+                        let id = answer["event"]["id"].as_str().expect("each PATCH emits an event").to_owned();
+                        acknowledged.lock().unwrap().push(id);
+                    }
+                })
+                .await;
+        })
+    };
+
+    // Kill once some deliveries were answered and others are still in flight.
+    let started = Instant::now();
+    loop {
+        let answered = receiver.answered();
+        if answered >= 150 || (patcher.is_finished() && answered >= 1) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no delivery was answered:\n{}", server.log_text());
+        tokio::time::sleep(ms(10)).await;
+    }
+    server.kill();
+    let answered_at_kill = receiver.answered();
+    let arrived_before_kill: HashSet<String> = receiver.received().iter().map(|r| r.webhook_id()).collect();
+    let arrived_at_kill = receiver.count();
+    patcher.await.expect("the PATCH task does not panic");
+    let acknowledged: Vec<String> = acknowledged.lock().unwrap().clone();
+    eprintln!(
+        "crash: killed after {:?} with {} events acknowledged, {arrived_at_kill} requests arrived, {answered_at_kill} answered",
+        started.elapsed(),
+        acknowledged.len()
+    );
+    assert!(
+        answered_at_kill < acknowledged.len(),
+        "the kill came after every delivery was answered ({answered_at_kill} of {}): nothing was in flight",
+        acknowledged.len()
+    );
+
+    // Restart on the same database; the receiver now answers at once.
+    receiver.set_reply(Reply::Status(200));
+    let port = free_port();
+    let restarted_at = Instant::now();
+    let server = Server::start(&serve_flags(&database, port), &[], port, &log).await;
+    let api = Api::new(server.base.clone(), api.key.clone());
+
+    // Deliveries the killed process had claimed come back when their leases run out (attempt timeout + 30 s),
+    // so the deadline is generous; everything else is delivered at once.
+    let deadline = restarted_at + Duration::from_secs(90);
+    let wanted: HashSet<&String> = acknowledged.iter().collect();
+    loop {
+        let seen: HashSet<String> = receiver.received().iter().map(|r| r.webhook_id()).collect();
+        let missing: Vec<&&String> = wanted.iter().filter(|id| !seen.contains(**id)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let sample: Vec<&&String> = missing.iter().take(5).copied().collect();
+            let mut detail = String::new();
+            for id in &sample {
+                let (_, d) = api.get(&format!("/v1/deliveries?event_id={id}")).await;
+                detail.push_str(&format!("{id}: {d}\n"));
+            }
+            panic!(
+                "{} acknowledged events never reached the receiver within {:?} of the restart; some of them:\n{detail}\nlog:\n{}",
+                missing.len(),
+                restarted_at.elapsed(),
+                server.log_text()
+            );
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    let all_seen_in = restarted_at.elapsed();
+    loop {
+        let pending = api.deliveries("status=pending").await;
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} deliveries still pending {:?} after the restart, e.g. {}",
+            pending.len(),
+            restarted_at.elapsed(),
+            pending[0]
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
+    let recovered_in = restarted_at.elapsed();
+    let succeeded = api.all("/v1/deliveries?status=succeeded").await;
+    let succeeded_events: HashSet<&str> = succeeded.iter().map(|d| d["event_id"].as_str().unwrap()).collect();
+    for id in &acknowledged {
+        assert!(succeeded_events.contains(id.as_str()), "the delivery of {id} ends succeeded");
+    }
+    assert!(api.deliveries("status=undeliverable").await.is_empty(), "the receiver answered 200 after the restart");
+
+    let mut arrivals: HashMap<String, usize> = HashMap::new();
+    for request in receiver.received() {
+        *arrivals.entry(request.webhook_id()).or_default() += 1;
+    }
+    let duplicates: usize = arrivals.values().map(|n| n - 1).sum();
+    eprintln!(
+        "crash: every acknowledged event seen {all_seen_in:?} and every delivery finished {recovered_in:?} after the restart; \
+         {} acknowledged, {} distinct ids, {duplicates} duplicate arrivals",
+        acknowledged.len(),
+        arrivals.len()
+    );
+    assert!(duplicates <= 256, "duplicates are bounded by what was in flight (max_in_flight 256): {duplicates}");
+    for (id, n) in &arrivals {
+        if *n > 1 {
+            assert!(arrived_before_kill.contains(id), "{id} arrived {n} times but was not in flight at the kill");
+        }
+    }
+}
