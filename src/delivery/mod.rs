@@ -24,6 +24,8 @@ pub use sender::Sender;
 const CLAIM_BATCH: usize = 128;
 /// Most attempt results written in one transaction.
 const RECORD_BATCH: usize = 512;
+/// How much longer than the attempt timeout a claim is held: time to record the result.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Tunables of the workers, taken from the service configuration.
 #[derive(Debug, Clone)]
@@ -68,7 +70,7 @@ impl Dispatcher {
     /// How long a claim is held: past it, any process may take the delivery again. Longer than any attempt
     /// can take, so a live worker's claim never expires under it.
     fn lease(&self) -> Millis {
-        (self.config.attempt_timeout + Duration::from_secs(30)).as_millis() as Millis
+        (self.config.attempt_timeout + LEASE_MARGIN).as_millis() as Millis
     }
 
     /// Runs until `shutdown` is cancelled, then stops claiming, lets attempts in flight finish and records

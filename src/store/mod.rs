@@ -22,6 +22,8 @@ pub mod sqlite;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is damaged: {0}")]
@@ -244,6 +246,15 @@ pub struct AttemptResult {
     pub attempt: AttemptRecord,
     /// Where the delivery goes next, decided by the retry policy.
     pub next: Next,
+}
+
+/// Where a delivery goes after an attempt, as stored: its status and when it is next due (if ever).
+pub(crate) fn next_columns(next: Next) -> (&'static str, Option<Millis>) {
+    match next {
+        Next::Succeeded => (DeliveryStatus::Succeeded.as_str(), None),
+        Next::Undeliverable => (DeliveryStatus::Undeliverable.as_str(), None),
+        Next::RetryAt(at) => (DeliveryStatus::Pending.as_str(), Some(at)),
+    }
 }
 
 /// The interview after an update, and the event it caused (none when nothing changed).

@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::rows::{
     ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS, EndpointRow,
-    EventRow, next_columns, records,
+    EventRow, records,
 };
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
     EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
-    Trigger,
+    Trigger, next_columns,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};

@@ -1,11 +1,9 @@
-//! Row shapes shared by both stores: the column types decode the same on SQLite and PostgreSQL, so each
-//! record is built from its row in one place.
+//! Row shapes of the PostgreSQL store, decoded by sqlx and turned into the store's records.
 
 use bytes::Bytes;
 use secrecy::SecretString;
 
 use super::{AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, EndpointRecord, EventRecord, StoreError, Trigger};
-use crate::domain::retry::Next;
 use crate::domain::time::Millis;
 
 /// Endpoint columns, in the order of [`EndpointRow`].
@@ -165,15 +163,6 @@ impl ClaimRow {
             scheduled_count: self.scheduled_count.max(0) as u32,
             trigger: if self.manual { Trigger::Manual } else { Trigger::Scheduled },
         }
-    }
-}
-
-/// Where a delivery goes after an attempt, as stored: its status and when it is next due (if ever).
-pub fn next_columns(next: Next) -> (&'static str, Option<Millis>) {
-    match next {
-        Next::Succeeded => (DeliveryStatus::Succeeded.as_str(), None),
-        Next::Undeliverable => (DeliveryStatus::Undeliverable.as_str(), None),
-        Next::RetryAt(at) => (DeliveryStatus::Pending.as_str(), Some(at)),
     }
 }
 

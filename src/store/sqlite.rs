@@ -1,291 +1,404 @@
-//! The SQLite store: one file in WAL mode, one writer connection (SQLite serializes writers anyway, and a
-//! single connection makes that explicit) and a few readers.
+//! The SQLite store: one file in WAL mode. Every write runs on one writer thread that takes whatever writes
+//! are waiting (interview updates, claims, attempt results) and commits them together in one transaction: one
+//! disk sync for many writes, and no hand-off between threads per statement. Reads run on a few reader
+//! connections beside it, which WAL allows.
 
-use std::str::FromStr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS, EndpointRow,
-    EventRow, next_columns, records,
-};
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
-    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
-    Trigger,
+    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store,
+    StoreError, Trigger, next_columns,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
 use crate::domain::time::{Millis, now_ms};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The schema, in order; each runs once, in a transaction, and is remembered in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// Most writes committed in one transaction.
+const WRITE_BATCH: usize = 512;
+/// Reader connections kept open.
+const READERS: usize = 4;
+
+const ENDPOINT_COLUMNS: &str = "seq, id, url, description, event_types, enabled, secret, previous_secret, \
+                                previous_secret_until, created_at, updated_at";
+const DELIVERY_COLUMNS: &str =
+    "seq, id, event_id, endpoint_id, status, attempt_count, next_attempt_at, created_at, updated_at";
+const EVENT_COLUMNS: &str = "seq, id, type, payload, created_at";
+
+/// Called with the outcome of the commit a write was part of (`None` when it committed).
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+/// A write: runs on the writer thread inside the group transaction and says whether it succeeded.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 /// The embedded store.
 pub struct SqliteStore {
-    /// The only connection that writes: transactions queue here instead of failing with SQLITE_BUSY.
-    writer: SqlitePool,
-    /// Connections for reads, which WAL lets run beside the writer.
-    reader: SqlitePool,
-    /// Interview updates waiting for the group committer.
-    updates: mpsc::Sender<UpdateJob>,
+    /// Writes waiting for the writer thread.
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Readers>,
 }
 
-/// One interview update waiting to be committed, and where its answer goes.
-struct UpdateJob {
-    org: String,
-    candidate_id: String,
-    patch: InterviewPatch,
-    reply: oneshot::Sender<Result<InterviewUpdate>>,
+/// Idle reader connections.
+struct Readers {
+    path: String,
+    idle: Mutex<Vec<Connection>>,
 }
 
-/// Most interview updates committed in one transaction.
-const UPDATE_BATCH: usize = 256;
-
-/// The group committer: takes every update waiting, applies them in order in one transaction, and syncs the
-/// disk once for all of them. Updates of one candidate in a batch see each other, so the diff chain stays exact.
-async fn commit_updates(writer: SqlitePool, mut jobs: mpsc::Receiver<UpdateJob>) {
-    let mut batch = Vec::with_capacity(UPDATE_BATCH);
-    while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
-        let now = now_ms();
-        let outcome: Result<Vec<InterviewUpdate>> = async {
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-            let mut done = Vec::with_capacity(batch.len());
-            for job in &batch {
-                done.push(SqliteStore::apply_update(&mut tx, job, now).await?);
-            }
-            tx.commit().await?;
-            Ok(done)
+impl Readers {
+    fn take(&self) -> Result<Connection> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(connection) => Ok(connection),
+            None => connect(&self.path),
         }
-        .await;
-        match outcome {
-            Ok(done) => {
-                for (job, update) in batch.drain(..).zip(done) {
-                    let _ = job.reply.send(Ok(update));
-                }
-            }
-            Err(error) => {
-                let message = error.to_string();
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Batch(message.clone())));
-                }
-            }
+    }
+
+    fn give_back(&self, connection: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < READERS {
+            idle.push(connection);
         }
     }
 }
 
-type Tx = Transaction<'static, Sqlite>;
+fn connect(path: &str) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path.strip_prefix("sqlite://").unwrap_or(path), flags)?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    // FULL: a transaction is on disk when COMMIT returns, so an acknowledged write survives power loss.
+    connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    connection.set_prepared_statement_cache_capacity(64);
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<()> {
+    connection.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")?;
+    for (version, sql) in MIGRATIONS {
+        let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: Option<i64> = tx
+            .query_row("SELECT version FROM schema_migrations WHERE version = ?", [version], |r| r.get(0))
+            .optional()?;
+        if done.is_none() {
+            tx.execute_batch(sql)?;
+            tx.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The writer thread: waits for a write, takes every other one waiting, runs each in a savepoint of one
+/// transaction (so a failing write leaves the others alone), commits once, then answers them all.
+fn write_loop(connection: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let in_transaction = connection.execute_batch("BEGIN IMMEDIATE").is_ok();
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            // Outside a transaction (BEGIN failed) a savepoint is a transaction of its own.
+            let _ = connection.execute_batch("SAVEPOINT job");
+            let (ok, reply) = job(&connection);
+            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let _ = connection.execute_batch(end);
+            replies.push(reply);
+        }
+        let commit_error = if in_transaction {
+            connection.execute_batch("COMMIT").err().map(|e| {
+                let _ = connection.execute_batch("ROLLBACK");
+                e.to_string()
+            })
+        } else {
+            None
+        };
+        for reply in replies {
+            reply(commit_error.as_deref());
+        }
+    }
+}
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `database`, a path or a `sqlite:` URL, and migrates it.
+    /// Opens (creating if needed) the database at `database` (a path or a `sqlite:` URL) and migrates it.
     pub async fn open(database: &str) -> Result<Self> {
-        let options = if database.starts_with("sqlite:") {
-            SqliteConnectOptions::from_str(database)?
-        } else {
-            SqliteConnectOptions::new().filename(database)
-        }
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        // FULL: a transaction is on disk when COMMIT returns, so an acknowledged update survives power loss.
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true);
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-        MIGRATOR.run(&writer).await?;
-        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        let (updates, jobs) = mpsc::channel(UPDATE_BATCH * 4);
-        tokio::spawn(commit_updates(writer.clone(), jobs));
-        Ok(Self { writer, reader, updates })
+        let path = database.strip_prefix("sqlite:").unwrap_or(database).to_owned();
+        let writer_path = path.clone();
+        let writer = tokio::task::spawn_blocking(move || -> Result<Connection> {
+            let mut connection = connect(&writer_path)?;
+            migrate(&mut connection)?;
+            Ok(connection)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        let (jobs, receiver) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("tidings-sqlite-writer".into())
+            .spawn(move || write_loop(writer, receiver))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { jobs, readers: Arc::new(Readers { path, idle: Mutex::new(Vec::new()) }) })
     }
 
-    async fn begin(&self) -> Result<Tx> {
-        // IMMEDIATE takes the write lock at BEGIN, so a read-then-write transaction (the interview diff)
-        // cannot be overtaken by another process between its read and its write.
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// Runs `f` on the writer thread, in the next group transaction; answers once that has committed.
+    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |connection| {
+            let result = f(connection);
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |commit_error| {
+                let result = match (result, commit_error) {
+                    (Ok(_), Some(error)) => Err(StoreError::Batch(error.to_owned())),
+                    (result, _) => result,
+                };
+                let _ = answer.send(result);
+            });
+            (ok, reply)
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        answered.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Applies one interview update inside `tx`: reads the current state, diffs, and writes the new state and
-    /// its event (if anything changed).
-    async fn apply_update(tx: &mut Tx, job: &UpdateJob, now: Millis) -> Result<InterviewUpdate> {
-        let (org, candidate_id) = (job.org.as_str(), job.candidate_id.as_str());
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")
-                .bind(org)
-                .bind(candidate_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        let existed = stored.is_some();
-        let applied = Interview::load(stored.as_deref(), candidate_id)
-            .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?
-            .apply(&job.patch);
-        if existed && applied.event_body.is_none() {
-            return Ok(InterviewUpdate { interview: applied.interview, event: None });
-        }
-        sqlx::query(
-            "INSERT INTO interviews (org_id, candidate_id, data, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-        )
-        .bind(org)
-        .bind(candidate_id)
-        .bind(applied.interview.to_json())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        let event = match &applied.event_body {
-            Some(body) => Some(Self::insert_event(tx, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now).await?),
-            None => None,
-        };
-        Ok(InterviewUpdate { interview: applied.interview, event })
+    /// Runs `f` on a reader connection.
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = readers.take()?;
+            let result = f(&connection);
+            readers.give_back(connection);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
+}
 
-    /// Inserts an event and its deliveries inside `tx`.
-    async fn insert_event(
-        tx: &mut Tx,
-        org: &str,
-        event_type: &str,
-        payload: &str,
-        fanout: &Fanout,
-        now: Millis,
-    ) -> Result<EventRecord> {
-        let id = ids::new_id(ids::EVENT);
-        let seq: i64 = sqlx::query_scalar(
+fn endpoint(row: &Row) -> rusqlite::Result<EndpointRecord> {
+    let types: String = row.get(4)?;
+    let event_types = serde_json::from_str(&types)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(4, Type::Text, Box::new(e)))?;
+    Ok(EndpointRecord {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        url: row.get(2)?,
+        description: row.get(3)?,
+        event_types,
+        enabled: row.get(5)?,
+        secret: SecretString::from(row.get::<_, String>(6)?),
+        previous_secret: row.get::<_, Option<String>>(7)?.map(SecretString::from),
+        previous_secret_until: row.get(8)?,
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+fn delivery(row: &Row) -> rusqlite::Result<DeliveryRecord> {
+    let status: String = row.get(4)?;
+    let status = DeliveryStatus::parse(&status).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(4, Type::Text, format!("unknown status {status}").into())
+    })?;
+    Ok(DeliveryRecord {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        event_id: row.get(2)?,
+        endpoint_id: row.get(3)?,
+        status,
+        attempt_count: row.get(5)?,
+        next_attempt_at: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+fn event(row: &Row) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        event_type: row.get(2)?,
+        payload: row.get(3)?,
+        created_at: row.get(4)?,
+    })
+}
+
+fn attempt(row: &Row) -> rusqlite::Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        number: row.get(0)?,
+        trigger: Trigger::parse(&row.get::<_, String>(1)?),
+        started_at: row.get(2)?,
+        duration_ms: row.get(3)?,
+        status_code: row.get(4)?,
+        error: row.get(5)?,
+        response_body: row.get(6)?,
+    })
+}
+
+/// Inserts an event and its deliveries.
+fn insert_event(
+    c: &Connection,
+    org: &str,
+    event_type: &str,
+    payload: &str,
+    fanout: &Fanout,
+    now: Millis,
+) -> Result<EventRecord> {
+    let id = ids::new_id(ids::EVENT);
+    let seq: i64 = c
+        .prepare_cached(
             "INSERT INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(&id)
-        .bind(org)
-        .bind(event_type)
-        .bind(payload)
-        .bind(now)
-        .fetch_one(&mut **tx)
-        .await?;
-        // Delivery ids are made in SQL so one statement fans out to every endpoint.
-        let insert = "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
-                      created_at, updated_at) \
-                      SELECT 'dlv_' || lower(hex(randomblob(12))), e.org_id, ?1, e.id, 'pending', ?2, ?2, ?2, ?2 \
-                      FROM endpoints e WHERE e.org_id = ?3";
-        let (filter, target) = match fanout {
-            Fanout::Subscribed => {
-                ("AND e.enabled = 1 AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)", event_type)
-            }
-            Fanout::Endpoint(endpoint) => ("AND e.id = ?4", endpoint.as_str()),
-        };
-        sqlx::query(&format!("{insert} {filter}"))
-            .bind(&id)
-            .bind(now)
-            .bind(org)
-            .bind(target)
-            .execute(&mut **tx)
-            .await?;
-        Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
+        )?
+        .query_row(params![id, org, event_type, payload, now], |r| r.get(0))?;
+    // Delivery ids are made in SQL so one statement fans out to every endpoint.
+    match fanout {
+        Fanout::Subscribed => c
+            .prepare_cached(
+                "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
+                 created_at, updated_at) \
+                 SELECT 'dlv_' || lower(hex(randomblob(12))), e.org_id, ?1, e.id, 'pending', ?2, ?2, ?2, ?2 \
+                 FROM endpoints e WHERE e.org_id = ?3 AND e.enabled = 1 \
+                 AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)",
+            )?
+            .execute(params![id, now, org, event_type])?,
+        Fanout::Endpoint(endpoint) => c
+            .prepare_cached(
+                "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
+                 created_at, updated_at) \
+                 SELECT 'dlv_' || lower(hex(randomblob(12))), e.org_id, ?1, e.id, 'pending', ?2, ?2, ?2, ?2 \
+                 FROM endpoints e WHERE e.org_id = ?3 AND e.id = ?4",
+            )?
+            .execute(params![id, now, org, endpoint])?,
+    };
+    Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
+}
+
+/// Reads, diffs and writes one interview update, with its event when something changed.
+fn apply_update(c: &Connection, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate> {
+    let now = now_ms();
+    let stored: Option<String> = c
+        .prepare_cached("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")?
+        .query_row(params![org, candidate_id], |r| r.get(0))
+        .optional()?;
+    let existed = stored.is_some();
+    let applied = Interview::load(stored.as_deref(), candidate_id)
+        .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?
+        .apply(patch);
+    if existed && applied.event_body.is_none() {
+        return Ok(InterviewUpdate { interview: applied.interview, event: None });
     }
+    c.prepare_cached(
+        "INSERT INTO interviews (org_id, candidate_id, data, updated_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+    )?
+    .execute(params![org, candidate_id, applied.interview.to_json(), now])?;
+    let event = match &applied.event_body {
+        Some(body) => Some(insert_event(c, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now)?),
+        None => None,
+    };
+    Ok(InterviewUpdate { interview: applied.interview, event })
+}
+
+fn get_endpoint(c: &Connection, org: &str, id: &str) -> Result<Option<EndpointRecord>> {
+    let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND id = ?");
+    Ok(c.prepare_cached(&sql)?.query_row(params![org, id], endpoint).optional()?)
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
     }
 
     async fn create_org(&self, name: &str, key_hash: &str) -> Result<String> {
-        let id = ids::new_id(ids::ORG);
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(&id)
-            .bind(name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO api_keys (key_hash, org_id, created_at) VALUES (?, ?, ?)")
-            .bind(key_hash)
-            .bind(&id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(id)
+        let (name, key_hash) = (name.to_owned(), key_hash.to_owned());
+        self.write(move |c| {
+            let id = ids::new_id(ids::ORG);
+            let now = now_ms();
+            c.execute("INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)", params![id, name, now])?;
+            c.execute("INSERT INTO api_keys (key_hash, org_id, created_at) VALUES (?, ?, ?)", params![key_hash, id, now])?;
+            Ok(id)
+        })
+        .await
     }
 
     async fn org_for_key(&self, key_hash: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT org_id FROM api_keys WHERE key_hash = ?")
-            .bind(key_hash)
-            .fetch_optional(&self.reader)
-            .await?)
+        let key_hash = key_hash.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT org_id FROM api_keys WHERE key_hash = ?")?
+                .query_row([key_hash], |r| r.get(0))
+                .optional()?)
+        })
+        .await
     }
 
     async fn create_endpoint(&self, org: &str, new: NewEndpoint) -> Result<EndpointRecord> {
-        let id = ids::new_id(ids::ENDPOINT);
-        let now = now_ms();
-        let types = serde_json::to_string(&new.event_types).unwrap_or_else(|_| "[]".into());
-        let sql = format!(
-            "INSERT INTO endpoints (id, org_id, url, description, event_types, enabled, secret, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {ENDPOINT_COLUMNS}"
-        );
-        let row: EndpointRow = sqlx::query_as(&sql)
-            .bind(&id)
-            .bind(org)
-            .bind(&new.url)
-            .bind(&new.description)
-            .bind(&types)
-            .bind(new.enabled)
-            .bind(new.secret.expose_secret())
-            .bind(now)
-            .bind(now)
-            .fetch_one(&self.writer)
-            .await?;
-        row.try_into()
+        let org = org.to_owned();
+        self.write(move |c| {
+            let now = now_ms();
+            let types = serde_json::to_string(&new.event_types).unwrap_or_else(|_| "[]".into());
+            let sql = format!(
+                "INSERT INTO endpoints (id, org_id, url, description, event_types, enabled, secret, created_at, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {ENDPOINT_COLUMNS}"
+            );
+            let id = ids::new_id(ids::ENDPOINT);
+            let secret = new.secret.expose_secret();
+            let args = params![id, org, new.url, new.description, types, new.enabled, secret, now, now];
+            Ok(c.prepare_cached(&sql)?.query_row(args, endpoint)?)
+        })
+        .await
     }
 
     async fn list_endpoints(&self, org: &str, page: PageRequest) -> Result<Page<EndpointRecord>> {
-        let sql =
-            format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?");
-        let rows: Vec<EndpointRow> = sqlx::query_as(&sql)
-            .bind(org)
-            .bind(page.before.unwrap_or(i64::MAX))
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(Page::from_rows(records(rows)?, page.limit, |e| e.seq))
+        let org = org.to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+            );
+            let before = page.before.unwrap_or(i64::MAX);
+            let rows = c
+                .prepare_cached(&sql)?
+                .query_map(params![org, before, i64::from(page.limit) + 1], endpoint)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page::from_rows(rows, page.limit, |e| e.seq))
+        })
+        .await
     }
 
     async fn get_endpoint(&self, org: &str, id: &str) -> Result<Option<EndpointRecord>> {
-        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND id = ?");
-        let row: Option<EndpointRow> = sqlx::query_as(&sql).bind(org).bind(id).fetch_optional(&self.reader).await?;
-        row.map(EndpointRecord::try_from).transpose()
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.read(move |c| get_endpoint(c, &org, &id)).await
     }
 
     async fn update_endpoint(&self, org: &str, id: &str, changes: EndpointChanges) -> Result<Option<EndpointRecord>> {
-        let types = changes.event_types.as_ref().map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
-        let sql = format!(
-            "UPDATE endpoints SET url = COALESCE(?, url), description = COALESCE(?, description), \
-             event_types = COALESCE(?, event_types), enabled = COALESCE(?, enabled), updated_at = ? \
-             WHERE org_id = ? AND id = ? RETURNING {ENDPOINT_COLUMNS}"
-        );
-        let row: Option<EndpointRow> = sqlx::query_as(&sql)
-            .bind(changes.url)
-            .bind(changes.description)
-            .bind(types)
-            .bind(changes.enabled)
-            .bind(now_ms())
-            .bind(org)
-            .bind(id)
-            .fetch_optional(&self.writer)
-            .await?;
-        row.map(EndpointRecord::try_from).transpose()
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let types = changes.event_types.as_ref().map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
+            let sql = format!(
+                "UPDATE endpoints SET url = COALESCE(?, url), description = COALESCE(?, description), \
+                 event_types = COALESCE(?, event_types), enabled = COALESCE(?, enabled), updated_at = ? \
+                 WHERE org_id = ? AND id = ? RETURNING {ENDPOINT_COLUMNS}"
+            );
+            let args = params![changes.url, changes.description, types, changes.enabled, now_ms(), org, id];
+            Ok(c.prepare_cached(&sql)?.query_row(args, endpoint).optional()?)
+        })
+        .await
     }
 
     async fn delete_endpoint(&self, org: &str, id: &str) -> Result<bool> {
-        let deleted = sqlx::query("DELETE FROM endpoints WHERE org_id = ? AND id = ?")
-            .bind(org)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(deleted.rows_affected() > 0)
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.write(move |c| Ok(c.execute("DELETE FROM endpoints WHERE org_id = ? AND id = ?", params![org, id])? > 0))
+            .await
     }
 
     async fn rotate_secret(
@@ -295,40 +408,39 @@ impl Store for SqliteStore {
         secret: SecretString,
         previous_until: Millis,
     ) -> Result<Option<EndpointRecord>> {
-        let sql = format!(
-            "UPDATE endpoints SET previous_secret = secret, previous_secret_until = ?, secret = ?, updated_at = ? \
-             WHERE org_id = ? AND id = ? RETURNING {ENDPOINT_COLUMNS}"
-        );
-        let row: Option<EndpointRow> = sqlx::query_as(&sql)
-            .bind(previous_until)
-            .bind(secret.expose_secret())
-            .bind(now_ms())
-            .bind(org)
-            .bind(id)
-            .fetch_optional(&self.writer)
-            .await?;
-        row.map(EndpointRecord::try_from).transpose()
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let sql = format!(
+                "UPDATE endpoints SET previous_secret = secret, previous_secret_until = ?, secret = ?, \
+                 updated_at = ? WHERE org_id = ? AND id = ? RETURNING {ENDPOINT_COLUMNS}"
+            );
+            let args = params![previous_until, secret.expose_secret(), now_ms(), org, id];
+            Ok(c.prepare_cached(&sql)?.query_row(args, endpoint).optional()?)
+        })
+        .await
     }
 
     async fn update_interview(&self, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate> {
-        let (reply, answer) = oneshot::channel();
-        let job = UpdateJob { org: org.to_owned(), candidate_id: candidate_id.to_owned(), patch: patch.clone(), reply };
-        self.updates.send(job).await.map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let (org, candidate_id, patch) = (org.to_owned(), candidate_id.to_owned(), patch.clone());
+        // One writer thread applies updates in order, so updates of one candidate are serialized.
+        self.write(move |c| apply_update(c, &org, &candidate_id, &patch)).await
     }
 
     async fn get_interview(&self, org: &str, candidate_id: &str) -> Result<Option<Interview>> {
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")
-                .bind(org)
-                .bind(candidate_id)
-                .fetch_optional(&self.reader)
-                .await?;
-        stored
-            .map(|text| {
-                Interview::from_json(&text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))
-            })
-            .transpose()
+        let (org, candidate_id) = (org.to_owned(), candidate_id.to_owned());
+        self.read(move |c| {
+            let stored: Option<String> = c
+                .prepare_cached("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")?
+                .query_row(params![org, candidate_id], |r| r.get(0))
+                .optional()?;
+            stored
+                .map(|text| {
+                    Interview::from_json(&text)
+                        .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))
+                })
+                .transpose()
+        })
+        .await
     }
 
     async fn create_event(
@@ -338,30 +450,39 @@ impl Store for SqliteStore {
         payload: &str,
         fanout: Fanout,
     ) -> Result<(EventRecord, Vec<DeliveryRecord>)> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let event = Self::insert_event(&mut tx, org, event_type, payload, &fanout, now).await?;
-        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ? ORDER BY seq");
-        let rows: Vec<DeliveryRow> = sqlx::query_as(&sql).bind(&event.id).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        Ok((event, records(rows)?))
+        let (org, event_type, payload) = (org.to_owned(), event_type.to_owned(), payload.to_owned());
+        self.write(move |c| {
+            let event = insert_event(c, &org, &event_type, &payload, &fanout, now_ms())?;
+            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ? ORDER BY seq");
+            let deliveries =
+                c.prepare_cached(&sql)?.query_map([&event.id], delivery)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((event, deliveries))
+        })
+        .await
     }
 
     async fn list_events(&self, org: &str, page: PageRequest) -> Result<Page<EventRecord>> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?");
-        let rows: Vec<EventRow> = sqlx::query_as(&sql)
-            .bind(org)
-            .bind(page.before.unwrap_or(i64::MAX))
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(Page::from_rows(rows.into_iter().map(EventRecord::from).collect(), page.limit, |e| e.seq))
+        let org = org.to_owned();
+        self.read(move |c| {
+            let sql =
+                format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?");
+            let before = page.before.unwrap_or(i64::MAX);
+            let rows = c
+                .prepare_cached(&sql)?
+                .query_map(params![org, before, i64::from(page.limit) + 1], event)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page::from_rows(rows, page.limit, |e| e.seq))
+        })
+        .await
     }
 
     async fn get_event(&self, org: &str, id: &str) -> Result<Option<EventRecord>> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ? AND id = ?");
-        let row: Option<EventRow> = sqlx::query_as(&sql).bind(org).bind(id).fetch_optional(&self.reader).await?;
-        Ok(row.map(EventRecord::from))
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.read(move |c| {
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ? AND id = ?");
+            Ok(c.prepare_cached(&sql)?.query_row(params![org, id], event).optional()?)
+        })
+        .await
     }
 
     async fn list_deliveries(
@@ -370,118 +491,136 @@ impl Store for SqliteStore {
         filter: &DeliveryFilter,
         page: PageRequest,
     ) -> Result<Page<DeliveryRecord>> {
-        let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ?1 AND seq < ?2 \
-             AND (?3 IS NULL OR endpoint_id = ?3) AND (?4 IS NULL OR event_id = ?4) AND (?5 IS NULL OR status = ?5) \
-             ORDER BY seq DESC LIMIT ?6"
-        );
-        let rows: Vec<DeliveryRow> = sqlx::query_as(&sql)
-            .bind(org)
-            .bind(page.before.unwrap_or(i64::MAX))
-            .bind(&filter.endpoint_id)
-            .bind(&filter.event_id)
-            .bind(filter.status.map(DeliveryStatus::as_str))
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(Page::from_rows(records(rows)?, page.limit, |d| d.seq))
+        let (org, filter) = (org.to_owned(), filter.clone());
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ?1 AND seq < ?2 \
+                 AND (?3 IS NULL OR endpoint_id = ?3) AND (?4 IS NULL OR event_id = ?4) \
+                 AND (?5 IS NULL OR status = ?5) ORDER BY seq DESC LIMIT ?6"
+            );
+            let args = params![
+                org,
+                page.before.unwrap_or(i64::MAX),
+                filter.endpoint_id,
+                filter.event_id,
+                filter.status.map(DeliveryStatus::as_str),
+                i64::from(page.limit) + 1
+            ];
+            let rows = c.prepare_cached(&sql)?.query_map(args, delivery)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page::from_rows(rows, page.limit, |d| d.seq))
+        })
+        .await
     }
 
     async fn get_delivery(&self, org: &str, id: &str) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>> {
-        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ? AND id = ?");
-        let Some(row) = sqlx::query_as::<_, DeliveryRow>(&sql).bind(org).bind(id).fetch_optional(&self.reader).await?
-        else {
-            return Ok(None);
-        };
-        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY seq");
-        let attempts: Vec<AttemptRow> = sqlx::query_as(&sql).bind(id).fetch_all(&self.reader).await?;
-        Ok(Some((row.try_into()?, attempts.into_iter().map(AttemptRecord::from).collect())))
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.read(move |c| {
+            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ? AND id = ?");
+            let Some(found) = c.prepare_cached(&sql)?.query_row(params![org, id], delivery).optional()? else {
+                return Ok(None);
+            };
+            let attempts = c
+                .prepare_cached(
+                    "SELECT number, trigger, started_at, duration_ms, status_code, error, response_body \
+                     FROM attempts WHERE delivery_id = ? ORDER BY seq",
+                )?
+                .query_map([&id], attempt)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some((found, attempts)))
+        })
+        .await
     }
 
     async fn request_retry(&self, org: &str, id: &str) -> Result<Option<DeliveryRecord>> {
-        let now = now_ms();
-        let sql = format!(
-            "UPDATE deliveries SET status = 'pending', manual = 1, run_at = ?1, next_attempt_at = ?1, \
-             lease_token = NULL, updated_at = ?1 WHERE org_id = ?2 AND id = ?3 RETURNING {DELIVERY_COLUMNS}"
-        );
-        let row: Option<DeliveryRow> =
-            sqlx::query_as(&sql).bind(now).bind(org).bind(id).fetch_optional(&self.writer).await?;
-        row.map(DeliveryRecord::try_from).transpose()
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let sql = format!(
+                "UPDATE deliveries SET status = 'pending', manual = 1, run_at = ?1, next_attempt_at = ?1, \
+                 lease_token = NULL, updated_at = ?1 WHERE org_id = ?2 AND id = ?3 RETURNING {DELIVERY_COLUMNS}"
+            );
+            Ok(c.prepare_cached(&sql)?.query_row(params![now_ms(), org, id], delivery).optional()?)
+        })
+        .await
     }
 
     async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>> {
-        let token = ids::new_id("lease");
         let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
-        let mut tx = self.begin().await?;
-        let claimed: Vec<i64> = sqlx::query_scalar(
-            "UPDATE deliveries SET run_at = ?1, lease_token = ?2 WHERE seq IN ( \
-               SELECT d.seq FROM deliveries d \
-               WHERE d.run_at IS NOT NULL AND d.run_at <= ?3 \
-                 AND d.endpoint_id NOT IN (SELECT value FROM json_each(?4)) \
-                 AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id AND e.enabled = 1) \
-               ORDER BY d.run_at LIMIT ?5) \
-             RETURNING seq",
-        )
-        .bind(lease_until)
-        .bind(&token)
-        .bind(now)
-        .bind(&exclude)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        if claimed.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let seqs = serde_json::to_string(&claimed).unwrap_or_else(|_| "[]".into());
-        let rows: Vec<ClaimRow> = sqlx::query_as(
-            "SELECT d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual, ev.payload, e.url, e.secret, \
-                    e.previous_secret, e.previous_secret_until \
-             FROM deliveries d JOIN events ev ON ev.id = d.event_id JOIN endpoints e ON e.id = d.endpoint_id \
-             WHERE d.seq IN (SELECT value FROM json_each(?))",
-        )
-        .bind(&seqs)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(rows.into_iter().map(|row| row.into_claim(&token, now)).collect())
+        self.write(move |c| {
+            let token = ids::new_id("lease");
+            let claimed = c
+                .prepare_cached(
+                    "UPDATE deliveries SET run_at = ?1, lease_token = ?2 WHERE seq IN ( \
+                       SELECT d.seq FROM deliveries d \
+                       WHERE d.run_at IS NOT NULL AND d.run_at <= ?3 \
+                         AND d.endpoint_id NOT IN (SELECT value FROM json_each(?4)) \
+                         AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id AND e.enabled = 1) \
+                       ORDER BY d.run_at LIMIT ?5) \
+                     RETURNING seq",
+                )?
+                .query_map(params![lease_until, token, now, exclude, i64::from(limit)], |r| r.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if claimed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut read = c.prepare_cached(
+                "SELECT d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual, ev.payload, e.url, e.secret, \
+                        e.previous_secret, e.previous_secret_until \
+                 FROM deliveries d JOIN events ev ON ev.id = d.event_id JOIN endpoints e ON e.id = d.endpoint_id \
+                 WHERE d.seq = ?",
+            )?;
+            let mut claims = Vec::with_capacity(claimed.len());
+            for seq in claimed {
+                let claim = read.query_row([seq], |r| {
+                    let mut secrets = vec![SecretString::from(r.get::<_, String>(7)?)];
+                    let until: Option<Millis> = r.get(9)?;
+                    if let Some(previous) = r.get::<_, Option<String>>(8)?
+                        && until.is_some_and(|u| u > now)
+                    {
+                        secrets.push(SecretString::from(previous));
+                    }
+                    Ok(Claim {
+                        delivery_id: r.get(0)?,
+                        lease_token: token.clone(),
+                        event_id: r.get(1)?,
+                        endpoint_id: r.get(2)?,
+                        url: r.get(6)?,
+                        payload: Bytes::from(r.get::<_, String>(5)?),
+                        secrets,
+                        scheduled_count: r.get::<_, i64>(3)?.max(0) as u32,
+                        trigger: if r.get::<_, bool>(4)? { Trigger::Manual } else { Trigger::Scheduled },
+                    })
+                })?;
+                claims.push(claim);
+            }
+            Ok(claims)
+        })
+        .await
     }
 
     async fn release(&self, claims: &[Claim], now: Millis) -> Result<()> {
-        let mut tx = self.begin().await?;
-        for claim in claims {
-            sqlx::query("UPDATE deliveries SET run_at = ?, lease_token = NULL WHERE id = ? AND lease_token = ?")
-                .bind(now)
-                .bind(&claim.delivery_id)
-                .bind(&claim.lease_token)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let held: Vec<(String, String)> =
+            claims.iter().map(|c| (c.delivery_id.clone(), c.lease_token.clone())).collect();
+        self.write(move |c| {
+            let mut release =
+                c.prepare_cached("UPDATE deliveries SET run_at = ?, lease_token = NULL WHERE id = ? AND lease_token = ?")?;
+            for (id, token) in held {
+                release.execute(params![now, id, token])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        for result in results {
-            let a = &result.attempt;
+        let results = results.to_vec();
+        self.write(move |c| {
+            let now = now_ms();
             // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile.
-            sqlx::query(
+            let mut log = c.prepare_cached(
                 "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
                  response_body) SELECT id, attempt_count + 1, ?, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?",
-            )
-            .bind(a.trigger.as_str())
-            .bind(a.started_at)
-            .bind(a.duration_ms)
-            .bind(a.status_code)
-            .bind(&a.error)
-            .bind(&a.response_body)
-            .bind(&result.delivery_id)
-            .execute(&mut *tx)
-            .await?;
-            let (status, next_at) = next_columns(result.next);
-            sqlx::query(
+            )?;
+            let mut advance = c.prepare_cached(
                 "UPDATE deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
                    scheduled_count = scheduled_count + CASE WHEN lease_token = ?2 THEN ?3 ELSE 0 END, \
                    status = CASE WHEN lease_token = ?2 THEN ?4 ELSE status END, \
@@ -490,24 +629,31 @@ impl Store for SqliteStore {
                    manual = CASE WHEN lease_token = ?2 THEN 0 ELSE manual END, \
                    lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
                  WHERE id = ?6",
-            )
-            .bind(now)
-            .bind(&result.lease_token)
-            .bind(i64::from(a.trigger == Trigger::Scheduled))
-            .bind(status)
-            .bind(next_at)
-            .bind(&result.delivery_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            )?;
+            for result in &results {
+                let a = &result.attempt;
+                log.execute(params![
+                    a.trigger.as_str(),
+                    a.started_at,
+                    a.duration_ms,
+                    a.status_code,
+                    a.error,
+                    a.response_body,
+                    result.delivery_id
+                ])?;
+                let (status, next_at) = next_columns(result.next);
+                let scheduled = i64::from(a.trigger == Trigger::Scheduled);
+                advance.execute(params![now, result.lease_token, scheduled, status, next_at, result.delivery_id])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>> {
-        Ok(sqlx::query_scalar("SELECT MIN(run_at) FROM deliveries WHERE run_at > ?")
-            .bind(now)
-            .fetch_one(&self.reader)
-            .await?)
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT MIN(run_at) FROM deliveries WHERE run_at > ?")?.query_row([now], |r| r.get(0))?)
+        })
+        .await
     }
 }

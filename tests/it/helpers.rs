@@ -15,12 +15,13 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use tidings::ServeConfig;
+
+use crate::db::{Backend, TestDb};
 
 /// How long a test waits for something that should happen promptly before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -371,7 +372,8 @@ pub struct TestApp {
     pub anon: Api,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    _dir: TempDir,
+    /// The store of this test (SQLite or PostgreSQL), kept until the app is dropped.
+    _db: TestDb,
 }
 
 impl TestApp {
@@ -381,8 +383,8 @@ impl TestApp {
 
     /// Starts the app after `adjust` changed the [`test_config`].
     pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
-        let dir = TempDir::new().expect("tempdir");
-        let database = dir.path().join("tidings.db").to_string_lossy().into_owned();
+        let db = TestDb::new(Backend::current()).await.expect("a database for this test's backend");
+        let database = db.url.clone();
         let org_a = tidings::create_org(&database, "org a").await.expect("create org a");
         let org_b = tidings::create_org(&database, "org b").await.expect("create org b");
         let key_a = org_a.api_key.expose_secret().to_owned();
@@ -408,7 +410,7 @@ impl TestApp {
             base,
             shutdown: Some(tx),
             server: Some(server),
-            _dir: dir,
+            _db: db,
         };
         app.wait_healthy().await;
         app

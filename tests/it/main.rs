@@ -1,4 +1,6 @@
-//! Integration tests: the real app on 127.0.0.1:0 with a fresh SQLite file per test, real receivers, no mocks.
+//! Integration tests: the real app on 127.0.0.1:0 with a fresh store per test, real receivers, no mocks. Tests
+//! declared with `on_both_stores!` run twice: on a SQLite file and on a fresh PostgreSQL database (when
+//! `TIDINGS_TEST_POSTGRES_URL` is set; see `db`).
 //!
 //! | module | what it pins |
 //! |---|---|
@@ -10,9 +12,12 @@
 //! | `errors` | every caller mistake answers the right 4xx in the one envelope |
 //! | `isolation` | one organization never sees another's rows |
 //! | `crash` | the real binary killed with SIGKILL loses no event |
+//! | `store` | the store conformance suite: leases, claims, retries, cursors |
+//! | `db` | fresh databases per test and the `on_both_stores!` macro |
 
 mod contract;
 mod crash;
+mod db;
 mod diff;
 mod endpoints;
 mod errors;
@@ -20,3 +25,4 @@ mod helpers;
 mod isolation;
 mod retries;
 mod signing;
+mod store;

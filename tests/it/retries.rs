@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::on_both_stores;
 
 /// Creates an endpoint to `receiver`, PATCHes one interview and answers (event id, delivery id).
 async fn one_delivery(app: &TestApp, url: &str, candidate: &str) -> (String, String) {
@@ -32,188 +33,182 @@ fn assert_attempt_shape(attempt: &Value) {
     assert!(attempt.get("response_body").is_some(), "attempt response_body missing: {attempt}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_receiver_gets_four_attempts_with_growing_gaps_then_undeliverable() {
-    let schedule = [ms(50), ms(250), ms(700)];
-    let app = TestApp::spawn_with(|c| c.retry_schedule = schedule.to_vec()).await;
-    let receiver = Receiver::start(Reply::Status(500)).await;
-    let (event_id, delivery_id) = one_delivery(&app, &receiver.url(), "cand_retry").await;
+on_both_stores! {
+    async fn failing_receiver_gets_four_attempts_with_growing_gaps_then_undeliverable() {
+        let schedule = [ms(50), ms(250), ms(700)];
+        let app = TestApp::spawn_with(|c| c.retry_schedule = schedule.to_vec()).await;
+        let receiver = Receiver::start(Reply::Status(500)).await;
+        let (event_id, delivery_id) = one_delivery(&app, &receiver.url(), "cand_retry").await;
 
-    let got = receiver.wait_for(4).await;
-    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
-    for (gap, delay) in gaps.iter().zip(schedule) {
-        assert!(*gap >= delay.mul_f64(0.9), "a retry came after {gap:?}, before its delay {delay:?}: {gaps:?}");
-    }
-    assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "gaps grow: {gaps:?}");
-    for request in &got {
-        assert_eq!(request.webhook_id(), event_id, "webhook-id is the same on every attempt");
-        assert_eq!(request.body, got[0].body, "the body bytes are identical on every attempt");
-    }
-
-    let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
-    assert_delivery_shape(&delivery);
-    assert_eq!(delivery["attempt_count"], 4);
-    assert!(delivery["next_attempt_at"].is_null(), "nothing is scheduled any more: {delivery}");
-    let logged = attempts(&delivery);
-    assert_eq!(logged.len(), 4, "{delivery:#}");
-    let mut numbers: Vec<u64> = logged.iter().map(|a| a["number"].as_u64().unwrap()).collect();
-    numbers.sort();
-    assert_eq!(numbers, vec![1, 2, 3, 4]);
-    for attempt in logged {
-        assert_attempt_shape(attempt);
-        assert_eq!(attempt["trigger"], "scheduled");
-        assert_eq!(attempt["status_code"], 500);
-        assert_eq!(attempt["error"], "status");
-        assert_eq!(attempt["response_body"], "receiver says 500");
-    }
-
-    // Nothing more: wait twice the longest delay beyond the last attempt.
-    tokio::time::sleep_until((got[3].at + ms(1400)).into()).await;
-    assert_eq!(receiver.count(), 4, "no attempt after the last retry");
-    let delivery = app.a.delivery(&delivery_id).await;
-    assert_eq!(delivery["status"], "undeliverable");
-    assert_eq!(attempts(&delivery).len(), 4);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiver_hanging_past_the_timeout_fails_with_timeout() {
-    let app = TestApp::spawn_with(|c| {
-        c.attempt_timeout = ms(300);
-        c.retry_schedule = vec![ms(50)];
-    })
-    .await;
-    let receiver = Receiver::start(Reply::Slow(Duration::from_secs(5), 200)).await;
-    let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_slow").await;
-
-    let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
-    assert_eq!(delivery["attempt_count"], 2);
-    for attempt in attempts(&delivery) {
-        assert_attempt_shape(attempt);
-        assert_eq!(attempt["error"], "timeout", "{attempt}");
-        assert!(attempt["status_code"].is_null(), "{attempt}");
-        let took = attempt["duration_ms"].as_u64().unwrap();
-        assert!((250..3000).contains(&took), "an attempt is cut at the timeout, took {took} ms");
-    }
-    assert_eq!(receiver.count(), 2);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redirect_is_a_failure_and_is_not_followed() {
-    let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(50)]).await;
-    let receiver = Receiver::ok().await;
-    receiver.set_reply(Reply::Redirect(receiver.url_for("/landed")));
-    let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_redirect").await;
-
-    let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
-    assert_eq!(delivery["attempt_count"], 2);
-    for attempt in attempts(&delivery) {
-        assert_eq!(attempt["status_code"], 302, "{attempt}");
-        assert_eq!(attempt["error"], "status", "{attempt}");
-    }
-    let paths: Vec<String> = receiver.received().into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, vec!["/hook", "/hook"], "the Location is never followed");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_connection_fails_with_connect() {
-    let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(50)]).await;
-    let url = format!("http://127.0.0.1:{}/hook", free_port());
-    let (_, delivery_id) = one_delivery(&app, &url, "cand_refused").await;
-
-    let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
-    assert_eq!(delivery["attempt_count"], 2);
-    for attempt in attempts(&delivery) {
-        assert_eq!(attempt["error"], "connect", "{attempt}");
-        assert!(attempt["status_code"].is_null(), "{attempt}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_2xx_acknowledges() {
-    let app = TestApp::spawn().await;
-    for code in [201u16, 202, 204, 299] {
-        // Each code gets its own endpoint; the earlier ones are disabled so each receiver gets one request.
-        for endpoint in app.a.list("/v1/endpoints").await {
-            let path = format!("/v1/endpoints/{}", endpoint["id"].as_str().unwrap());
-            let (status, body) = app.a.patch(&path, json!({ "enabled": false })).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
+        let got = receiver.wait_for(4).await;
+        let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+        for (gap, delay) in gaps.iter().zip(schedule) {
+            assert!(*gap >= delay.mul_f64(0.9), "a retry came after {gap:?}, before its delay {delay:?}: {gaps:?}");
         }
-        let receiver = Receiver::start(Reply::Status(code)).await;
-        let (_, delivery_id) = one_delivery(&app, &receiver.url(), &format!("cand_{code}")).await;
+        assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "gaps grow: {gaps:?}");
+        for request in &got {
+            assert_eq!(request.webhook_id(), event_id, "webhook-id is the same on every attempt");
+            assert_eq!(request.body, got[0].body, "the body bytes are identical on every attempt");
+        }
+
+        let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
+        assert_delivery_shape(&delivery);
+        assert_eq!(delivery["attempt_count"], 4);
+        assert!(delivery["next_attempt_at"].is_null(), "nothing is scheduled any more: {delivery}");
+        let logged = attempts(&delivery);
+        assert_eq!(logged.len(), 4, "{delivery:#}");
+        let mut numbers: Vec<u64> = logged.iter().map(|a| a["number"].as_u64().unwrap()).collect();
+        numbers.sort();
+        assert_eq!(numbers, vec![1, 2, 3, 4]);
+        for attempt in logged {
+            assert_attempt_shape(attempt);
+            assert_eq!(attempt["trigger"], "scheduled");
+            assert_eq!(attempt["status_code"], 500);
+            assert_eq!(attempt["error"], "status");
+            assert_eq!(attempt["response_body"], "receiver says 500");
+        }
+
+        // Nothing more: wait twice the longest delay beyond the last attempt.
+        tokio::time::sleep_until((got[3].at + ms(1400)).into()).await;
+        assert_eq!(receiver.count(), 4, "no attempt after the last retry");
+        let delivery = app.a.delivery(&delivery_id).await;
+        assert_eq!(delivery["status"], "undeliverable");
+        assert_eq!(attempts(&delivery).len(), 4);
+    }
+
+    async fn receiver_hanging_past_the_timeout_fails_with_timeout() {
+        let app = TestApp::spawn_with(|c| {
+            c.attempt_timeout = ms(300);
+            c.retry_schedule = vec![ms(50)];
+        })
+        .await;
+        let receiver = Receiver::start(Reply::Slow(Duration::from_secs(5), 200)).await;
+        let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_slow").await;
+
+        let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
+        assert_eq!(delivery["attempt_count"], 2);
+        for attempt in attempts(&delivery) {
+            assert_attempt_shape(attempt);
+            assert_eq!(attempt["error"], "timeout", "{attempt}");
+            assert!(attempt["status_code"].is_null(), "{attempt}");
+            let took = attempt["duration_ms"].as_u64().unwrap();
+            assert!((250..3000).contains(&took), "an attempt is cut at the timeout, took {took} ms");
+        }
+        assert_eq!(receiver.count(), 2);
+    }
+
+    async fn redirect_is_a_failure_and_is_not_followed() {
+        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(50)]).await;
+        let receiver = Receiver::ok().await;
+        receiver.set_reply(Reply::Redirect(receiver.url_for("/landed")));
+        let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_redirect").await;
+
+        let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
+        assert_eq!(delivery["attempt_count"], 2);
+        for attempt in attempts(&delivery) {
+            assert_eq!(attempt["status_code"], 302, "{attempt}");
+            assert_eq!(attempt["error"], "status", "{attempt}");
+        }
+        let paths: Vec<String> = receiver.received().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, vec!["/hook", "/hook"], "the Location is never followed");
+    }
+
+    async fn refused_connection_fails_with_connect() {
+        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(50)]).await;
+        let url = format!("http://127.0.0.1:{}/hook", free_port());
+        let (_, delivery_id) = one_delivery(&app, &url, "cand_refused").await;
+
+        let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
+        assert_eq!(delivery["attempt_count"], 2);
+        for attempt in attempts(&delivery) {
+            assert_eq!(attempt["error"], "connect", "{attempt}");
+            assert!(attempt["status_code"].is_null(), "{attempt}");
+        }
+    }
+
+    async fn any_2xx_acknowledges() {
+        let app = TestApp::spawn().await;
+        for code in [201u16, 202, 204, 299] {
+            // Each code gets its own endpoint; the earlier ones are disabled so each receiver gets one request.
+            for endpoint in app.a.list("/v1/endpoints").await {
+                let path = format!("/v1/endpoints/{}", endpoint["id"].as_str().unwrap());
+                let (status, body) = app.a.patch(&path, json!({ "enabled": false })).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+            }
+            let receiver = Receiver::start(Reply::Status(code)).await;
+            let (_, delivery_id) = one_delivery(&app, &receiver.url(), &format!("cand_{code}")).await;
+            let delivery = app.a.wait_delivery_status(&delivery_id, "succeeded").await;
+            assert_eq!(delivery["attempt_count"], 1, "{code} acknowledges at once: {delivery:#}");
+            assert_eq!(attempts(&delivery)[0]["status_code"], code);
+            assert!(attempts(&delivery)[0]["error"].is_null());
+            assert!(delivery["next_attempt_at"].is_null());
+            assert_eq!(receiver.wait_for(1).await.len(), 1);
+        }
+    }
+
+    async fn success_on_a_retry_stops_the_retries() {
+        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(50), ms(100), ms(150)]).await;
+        let receiver = Receiver::ok().await;
+        receiver.then(Reply::Status(503));
+        let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_later").await;
+
         let delivery = app.a.wait_delivery_status(&delivery_id, "succeeded").await;
-        assert_eq!(delivery["attempt_count"], 1, "{code} acknowledges at once: {delivery:#}");
-        assert_eq!(attempts(&delivery)[0]["status_code"], code);
-        assert!(attempts(&delivery)[0]["error"].is_null());
+        assert_eq!(delivery["attempt_count"], 2);
+        let mut logged = attempts(&delivery).clone();
+        logged.sort_by_key(|a| a["number"].as_u64());
+        assert_eq!(logged[0]["status_code"], 503);
+        assert_eq!(logged[0]["error"], "status");
+        assert_eq!(logged[1]["status_code"], 200);
+        assert!(logged[1]["error"].is_null());
         assert!(delivery["next_attempt_at"].is_null());
-        assert_eq!(receiver.wait_for(1).await.len(), 1);
+        tokio::time::sleep(ms(400)).await;
+        assert_eq!(receiver.count(), 2, "no attempt after success");
     }
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn success_on_a_retry_stops_the_retries() {
-    let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(50), ms(100), ms(150)]).await;
-    let receiver = Receiver::ok().await;
-    receiver.then(Reply::Status(503));
-    let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_later").await;
+    async fn manual_retry_of_an_undeliverable_delivery_succeeds() {
+        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(30)]).await;
+        let receiver = Receiver::start(Reply::Status(500)).await;
+        let (event_id, delivery_id) = one_delivery(&app, &receiver.url(), "cand_manual").await;
+        app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
+        assert_eq!(receiver.count(), 2);
 
-    let delivery = app.a.wait_delivery_status(&delivery_id, "succeeded").await;
-    assert_eq!(delivery["attempt_count"], 2);
-    let mut logged = attempts(&delivery).clone();
-    logged.sort_by_key(|a| a["number"].as_u64());
-    assert_eq!(logged[0]["status_code"], 503);
-    assert_eq!(logged[0]["error"], "status");
-    assert_eq!(logged[1]["status_code"], 200);
-    assert!(logged[1]["error"].is_null());
-    assert!(delivery["next_attempt_at"].is_null());
-    tokio::time::sleep(ms(400)).await;
-    assert_eq!(receiver.count(), 2, "no attempt after success");
-}
+        receiver.set_reply(Reply::Status(200));
+        let (status, answer) = app.a.post_empty(&format!("/v1/deliveries/{delivery_id}/retry")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        assert_delivery_shape(&answer);
+        assert_eq!(answer["id"], delivery_id.as_str());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manual_retry_of_an_undeliverable_delivery_succeeds() {
-    let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(30)]).await;
-    let receiver = Receiver::start(Reply::Status(500)).await;
-    let (event_id, delivery_id) = one_delivery(&app, &receiver.url(), "cand_manual").await;
-    app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
-    assert_eq!(receiver.count(), 2);
+        let delivery = app.a.wait_delivery_status(&delivery_id, "succeeded").await;
+        assert_eq!(delivery["attempt_count"], 3);
+        let mut logged = attempts(&delivery).clone();
+        logged.sort_by_key(|a| a["number"].as_u64());
+        assert_eq!(logged.len(), 3);
+        assert_eq!(logged[2]["trigger"], "manual");
+        assert_eq!(logged[2]["status_code"], 200);
+        assert!(logged[2]["error"].is_null());
+        assert_eq!(logged[0]["trigger"], "scheduled");
 
-    receiver.set_reply(Reply::Status(200));
-    let (status, answer) = app.a.post_empty(&format!("/v1/deliveries/{delivery_id}/retry")).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_delivery_shape(&answer);
-    assert_eq!(answer["id"], delivery_id.as_str());
-
-    let delivery = app.a.wait_delivery_status(&delivery_id, "succeeded").await;
-    assert_eq!(delivery["attempt_count"], 3);
-    let mut logged = attempts(&delivery).clone();
-    logged.sort_by_key(|a| a["number"].as_u64());
-    assert_eq!(logged.len(), 3);
-    assert_eq!(logged[2]["trigger"], "manual");
-    assert_eq!(logged[2]["status_code"], 200);
-    assert!(logged[2]["error"].is_null());
-    assert_eq!(logged[0]["trigger"], "scheduled");
-
-    let got = receiver.wait_for(3).await;
-    assert_eq!(got.len(), 3);
-    for request in &got {
-        assert_eq!(request.webhook_id(), event_id);
-        assert_eq!(request.body, got[0].body);
+        let got = receiver.wait_for(3).await;
+        assert_eq!(got.len(), 3);
+        for request in &got {
+            assert_eq!(request.webhook_id(), event_id);
+            assert_eq!(request.body, got[0].body);
+        }
     }
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manual_retry_of_a_succeeded_delivery_makes_one_more_attempt() {
-    let app = TestApp::spawn().await;
-    let receiver = Receiver::ok().await;
-    let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_again").await;
-    app.a.wait_delivery_status(&delivery_id, "succeeded").await;
+    async fn manual_retry_of_a_succeeded_delivery_makes_one_more_attempt() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_again").await;
+        app.a.wait_delivery_status(&delivery_id, "succeeded").await;
 
-    let (status, answer) = app.a.post_empty(&format!("/v1/deliveries/{delivery_id}/retry")).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    let delivery = app.a.wait_delivery(&delivery_id, "a second attempt", |d| d["attempt_count"] == 2).await;
-    assert_eq!(delivery["status"], "succeeded");
-    assert!(attempts(&delivery).iter().any(|a| a["trigger"] == "manual"));
-    receiver.wait_for(2).await;
-    tokio::time::sleep(ms(200)).await;
-    assert_eq!(receiver.count(), 2, "exactly one more attempt");
+        let (status, answer) = app.a.post_empty(&format!("/v1/deliveries/{delivery_id}/retry")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        let delivery = app.a.wait_delivery(&delivery_id, "a second attempt", |d| d["attempt_count"] == 2).await;
+        assert_eq!(delivery["status"], "succeeded");
+        assert!(attempts(&delivery).iter().any(|a| a["trigger"] == "manual"));
+        receiver.wait_for(2).await;
+        tokio::time::sleep(ms(200)).await;
+        assert_eq!(receiver.count(), 2, "exactly one more attempt");
+    }
 }
