@@ -76,8 +76,14 @@ impl Dispatcher {
     /// Runs until `shutdown` is cancelled, then stops claiming, lets attempts in flight finish and records
     /// them.
     pub async fn run(self, shutdown: CancellationToken) {
-        let (results, receiver) = mpsc::channel::<AttemptResult>(RECORD_BATCH * 4);
-        let recorder = tokio::spawn(record_loop(self.store.clone(), receiver, self.metrics.clone(), self.wake.clone()));
+        let (results, receiver) = mpsc::channel::<Finished>(RECORD_BATCH * 4);
+        let recorder = tokio::spawn(record_loop(
+            self.store.clone(),
+            receiver,
+            self.metrics.clone(),
+            self.wake.clone(),
+            self.in_flight.clone(),
+        ));
         let watcher = {
             let (store, wake, stop) = (self.store.clone(), self.wake.clone(), shutdown.clone());
             tokio::spawn(async move { store.watch_for_work(wake, stop).await })
@@ -141,7 +147,7 @@ impl Dispatcher {
     async fn dispatch(
         &self,
         claims: Vec<Claim>,
-        results: &mpsc::Sender<AttemptResult>,
+        results: &mpsc::Sender<Finished>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) {
         let mut overflow = Vec::new();
@@ -156,13 +162,8 @@ impl Dispatcher {
                 *count += 1;
                 in_flight.total += 1;
             }
-            let attempt = Attempt {
-                sender: self.sender.clone(),
-                retry: self.config.retry.clone(),
-                results: results.clone(),
-                in_flight: self.in_flight.clone(),
-                wake: self.wake.clone(),
-            };
+            let attempt =
+                Attempt { sender: self.sender.clone(), retry: self.config.retry.clone(), results: results.clone() };
             tasks.spawn(attempt.run(claim));
         }
         if !overflow.is_empty()
@@ -196,9 +197,14 @@ impl Dispatcher {
 struct Attempt {
     sender: Sender,
     retry: RetryPolicy,
-    results: mpsc::Sender<AttemptResult>,
-    in_flight: Arc<Mutex<InFlight>>,
-    wake: Arc<Notify>,
+    results: mpsc::Sender<Finished>,
+}
+
+/// An attempt made, waiting to be recorded. Its in-flight slot is freed only once it is recorded, so a crash
+/// can repeat at most `max_in_flight` attempts.
+struct Finished {
+    result: AttemptResult,
+    endpoint_id: String,
 }
 
 impl Attempt {
@@ -218,18 +224,19 @@ impl Attempt {
         }
         let result = AttemptResult { delivery_id: claim.delivery_id, lease_token: claim.lease_token, attempt, next };
         // The recorder only stops after every sender is dropped, so this cannot fail while we hold one.
-        let _ = self.results.send(result).await;
-        {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            in_flight.total -= 1;
-            if let Some(count) = in_flight.per_endpoint.get_mut(&claim.endpoint_id) {
-                *count -= 1;
-                if *count == 0 {
-                    in_flight.per_endpoint.remove(&claim.endpoint_id);
-                }
+        let _ = self.results.send(Finished { result, endpoint_id: claim.endpoint_id }).await;
+    }
+}
+
+impl InFlight {
+    fn finished(&mut self, endpoint_id: &str) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(count) = self.per_endpoint.get_mut(endpoint_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_endpoint.remove(endpoint_id);
             }
         }
-        self.wake.notify_one();
     }
 }
 
@@ -237,15 +244,18 @@ impl Attempt {
 /// again; if the store stays down, the leases run out and the deliveries are attempted again later.
 async fn record_loop(
     store: Arc<dyn Store>,
-    mut receiver: mpsc::Receiver<AttemptResult>,
+    mut receiver: mpsc::Receiver<Finished>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    in_flight: Arc<Mutex<InFlight>>,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let (results, endpoints): (Vec<AttemptResult>, Vec<String>) =
+            batch.drain(..).map(|f| (f.result, f.endpoint_id)).unzip();
         let mut tries = 0;
         loop {
-            match store.record_attempts(&batch).await {
+            match store.record_attempts(&results).await {
                 Ok(()) => break,
                 Err(error) if tries < 5 => {
                     tries += 1;
@@ -258,11 +268,14 @@ async fn record_loop(
                 }
             }
         }
-        for result in &batch {
-            metrics.attempt_recorded(&result.attempt, result.next);
+        {
+            let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for (result, endpoint_id) in results.iter().zip(&endpoints) {
+                metrics.attempt_recorded(&result.attempt, result.next);
+                in_flight.finished(endpoint_id);
+            }
         }
-        batch.clear();
-        // Recorded retries change when work is next due: let the claim loop look again.
+        // Slots are free and recorded retries change when work is next due: let the claim loop look again.
         wake.notify_one();
     }
 }

@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
-    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store,
-    StoreError, Trigger, next_columns,
+    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
+    Trigger, next_columns,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -326,7 +326,10 @@ impl Store for SqliteStore {
             let id = ids::new_id(ids::ORG);
             let now = now_ms();
             c.execute("INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)", params![id, name, now])?;
-            c.execute("INSERT INTO api_keys (key_hash, org_id, created_at) VALUES (?, ?, ?)", params![key_hash, id, now])?;
+            c.execute(
+                "INSERT INTO api_keys (key_hash, org_id, created_at) VALUES (?, ?, ?)",
+                params![key_hash, id, now],
+            )?;
             Ok(id)
         })
         .await
@@ -435,8 +438,7 @@ impl Store for SqliteStore {
                 .optional()?;
             stored
                 .map(|text| {
-                    Interview::from_json(&text)
-                        .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))
+                    Interview::from_json(&text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))
                 })
                 .transpose()
         })
@@ -601,8 +603,9 @@ impl Store for SqliteStore {
         let held: Vec<(String, String)> =
             claims.iter().map(|c| (c.delivery_id.clone(), c.lease_token.clone())).collect();
         self.write(move |c| {
-            let mut release =
-                c.prepare_cached("UPDATE deliveries SET run_at = ?, lease_token = NULL WHERE id = ? AND lease_token = ?")?;
+            let mut release = c.prepare_cached(
+                "UPDATE deliveries SET run_at = ?, lease_token = NULL WHERE id = ? AND lease_token = ?",
+            )?;
             for (id, token) in held {
                 release.execute(params![now, id, token])?;
             }
@@ -652,7 +655,8 @@ impl Store for SqliteStore {
 
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>> {
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT MIN(run_at) FROM deliveries WHERE run_at > ?")?.query_row([now], |r| r.get(0))?)
+            Ok(c.prepare_cached("SELECT MIN(run_at) FROM deliveries WHERE run_at > ?")?
+                .query_row([now], |r| r.get(0))?)
         })
         .await
     }

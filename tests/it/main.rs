@@ -13,6 +13,8 @@
 //! | `isolation` | one organization never sees another's rows |
 //! | `crash` | the real binary killed with SIGKILL loses no event |
 //! | `store` | the store conformance suite: leases, claims, retries, cursors |
+//! | `scale` | several `tidings` processes on one PostgreSQL: all delivered once, a killed one loses nothing |
+//! | `process` | the real binary as a child process |
 //! | `db` | fresh databases per test and the `on_both_stores!` macro |
 
 mod contract;
@@ -23,6 +25,8 @@ mod endpoints;
 mod errors;
 mod helpers;
 mod isolation;
+mod process;
 mod retries;
+mod scale;
 mod signing;
 mod store;
