@@ -46,7 +46,7 @@ pub async fn run(
     };
 
     let api = config.api;
-    let state = AppState { store, config: Arc::new(config), wake, metrics };
+    let state = AppState { store, config: Arc::new(config), wake, metrics, keys: Arc::default() };
     let app = router(state, api);
     tracing::info!(address = %listener.local_addr()?, api, workers = workers.is_some(), "tidings is listening");
     let served = axum::serve(listener, app)

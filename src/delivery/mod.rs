@@ -37,11 +37,25 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
 }
 
-/// Attempts in flight in this process, overall and per endpoint.
+/// Attempts in flight in this process.
 #[derive(Default)]
 struct InFlight {
+    /// Claimed and not yet recorded: what a crash could make repeat, bounded by `max_in_flight`.
     total: usize,
+    /// Requests open to each endpoint, bounded by `endpoint_concurrency` to spare the receiver.
     per_endpoint: HashMap<String, usize>,
+}
+
+impl InFlight {
+    /// An endpoint answered (or failed): its request slot is free.
+    fn answered(&mut self, endpoint_id: &str) {
+        if let Some(count) = self.per_endpoint.get_mut(endpoint_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_endpoint.remove(endpoint_id);
+            }
+        }
+    }
 }
 
 /// The delivery side of a process.
@@ -76,7 +90,7 @@ impl Dispatcher {
     /// Runs until `shutdown` is cancelled, then stops claiming, lets attempts in flight finish and records
     /// them.
     pub async fn run(self, shutdown: CancellationToken) {
-        let (results, receiver) = mpsc::channel::<Finished>(RECORD_BATCH * 4);
+        let (results, receiver) = mpsc::channel::<AttemptResult>(RECORD_BATCH * 4);
         let recorder = tokio::spawn(record_loop(
             self.store.clone(),
             receiver,
@@ -147,7 +161,7 @@ impl Dispatcher {
     async fn dispatch(
         &self,
         claims: Vec<Claim>,
-        results: &mpsc::Sender<Finished>,
+        results: &mpsc::Sender<AttemptResult>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) {
         let mut overflow = Vec::new();
@@ -162,8 +176,13 @@ impl Dispatcher {
                 *count += 1;
                 in_flight.total += 1;
             }
-            let attempt =
-                Attempt { sender: self.sender.clone(), retry: self.config.retry.clone(), results: results.clone() };
+            let attempt = Attempt {
+                sender: self.sender.clone(),
+                retry: self.config.retry.clone(),
+                results: results.clone(),
+                in_flight: self.in_flight.clone(),
+                wake: self.wake.clone(),
+            };
             tasks.spawn(attempt.run(claim));
         }
         if !overflow.is_empty()
@@ -197,19 +216,16 @@ impl Dispatcher {
 struct Attempt {
     sender: Sender,
     retry: RetryPolicy,
-    results: mpsc::Sender<Finished>,
-}
-
-/// An attempt made, waiting to be recorded. Its in-flight slot is freed only once it is recorded, so a crash
-/// can repeat at most `max_in_flight` attempts.
-struct Finished {
-    result: AttemptResult,
-    endpoint_id: String,
+    results: mpsc::Sender<AttemptResult>,
+    in_flight: Arc<Mutex<InFlight>>,
+    wake: Arc<Notify>,
 }
 
 impl Attempt {
     async fn run(self, claim: Claim) {
         let attempt = self.sender.send(&claim).await;
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).answered(&claim.endpoint_id);
+        self.wake.notify_one();
         let scheduled = claim.scheduled_count + u32::from(claim.trigger == Trigger::Scheduled);
         let next = self.retry.next(attempt.error.is_none(), scheduled, now_ms());
         if attempt.error.is_some() {
@@ -224,19 +240,8 @@ impl Attempt {
         }
         let result = AttemptResult { delivery_id: claim.delivery_id, lease_token: claim.lease_token, attempt, next };
         // The recorder only stops after every sender is dropped, so this cannot fail while we hold one.
-        let _ = self.results.send(Finished { result, endpoint_id: claim.endpoint_id }).await;
-    }
-}
-
-impl InFlight {
-    fn finished(&mut self, endpoint_id: &str) {
-        self.total = self.total.saturating_sub(1);
-        if let Some(count) = self.per_endpoint.get_mut(endpoint_id) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_endpoint.remove(endpoint_id);
-            }
-        }
+        // Its overall slot is freed only once it is recorded, so a crash can repeat at most `max_in_flight`.
+        let _ = self.results.send(result).await;
     }
 }
 
@@ -244,18 +249,16 @@ impl InFlight {
 /// again; if the store stays down, the leases run out and the deliveries are attempted again later.
 async fn record_loop(
     store: Arc<dyn Store>,
-    mut receiver: mpsc::Receiver<Finished>,
+    mut receiver: mpsc::Receiver<AttemptResult>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     in_flight: Arc<Mutex<InFlight>>,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-        let (results, endpoints): (Vec<AttemptResult>, Vec<String>) =
-            batch.drain(..).map(|f| (f.result, f.endpoint_id)).unzip();
         let mut tries = 0;
         loop {
-            match store.record_attempts(&results).await {
+            match store.record_attempts(&batch).await {
                 Ok(()) => break,
                 Err(error) if tries < 5 => {
                     tries += 1;
@@ -268,13 +271,14 @@ async fn record_loop(
                 }
             }
         }
+        for result in &batch {
+            metrics.attempt_recorded(&result.attempt, result.next);
+        }
         {
             let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            for (result, endpoint_id) in results.iter().zip(&endpoints) {
-                metrics.attempt_recorded(&result.attempt, result.next);
-                in_flight.finished(endpoint_id);
-            }
+            in_flight.total = in_flight.total.saturating_sub(batch.len());
         }
+        batch.clear();
         // Slots are free and recorded retries change when work is next due: let the claim loop look again.
         wake.notify_one();
     }

@@ -29,7 +29,7 @@ impl FromRequestParts<AppState> for Org {
             return Err(ApiError::Unauthorized);
         }
         let hash = apikey::hash(&SecretString::from(key.to_owned()));
-        let org = state.store.org_for_key(&hash).await?.ok_or(ApiError::Unauthorized)?;
+        let org = state.keys.org_for_key(state.store.as_ref(), &hash).await?.ok_or(ApiError::Unauthorized)?;
         Ok(Org(org))
     }
 }

@@ -20,6 +20,7 @@ mod events;
 pub mod extract;
 mod health;
 mod interviews;
+pub mod keys;
 pub mod views;
 
 /// What every handler can reach.
@@ -30,6 +31,8 @@ pub struct AppState {
     /// Rung after an event is committed so local workers claim it at once.
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Which organization recently seen API keys belong to.
+    pub keys: Arc<keys::KeyCache>,
 }
 
 impl AppState {

@@ -317,6 +317,10 @@ pub trait Store: Send + Sync + 'static {
     async fn get_delivery(&self, org: &str, id: &str) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>>;
     /// Makes a delivery due now for one manual attempt, whatever its status.
     async fn request_retry(&self, org: &str, id: &str) -> Result<Option<DeliveryRecord>>;
+    /// The newest delivery of each of `endpoint_ids` in `org` (nothing for an endpoint without any), in no
+    /// particular order: each webhook's last delivery on the settings page. One descent of the endpoint's index
+    /// per endpoint, where a [`Store::list_deliveries`] filtered by endpoint walks the organization's history.
+    async fn last_deliveries(&self, org: &str, endpoint_ids: &[String]) -> Result<Vec<DeliveryRecord>>;
 
     /// Claims up to `limit` due deliveries of enabled endpoints not in `exclude`, earliest first, leasing
     /// them until `lease_until`.

@@ -351,6 +351,18 @@ impl Store for PostgresStore {
         row.map(DeliveryRecord::try_from).transpose()
     }
 
+    async fn last_deliveries(&self, org: &str, endpoint_ids: &[String]) -> Result<Vec<DeliveryRecord>> {
+        // One correlated subquery per endpoint, each answered from deliveries_by_endpoint (endpoint_id, seq).
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE seq IN ( \
+               SELECT (SELECT d.seq FROM deliveries d WHERE d.endpoint_id = e.id AND d.org_id = $1 \
+                       ORDER BY d.seq DESC LIMIT 1) \
+               FROM unnest($2::text[]) AS e(id))"
+        );
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&sql).bind(org).bind(endpoint_ids).fetch_all(&self.pool).await?;
+        records(rows)
+    }
+
     async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>> {
         let token = ids::new_id("lease");
         let rows: Vec<ClaimRow> = sqlx::query_as(

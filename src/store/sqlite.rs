@@ -49,10 +49,12 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
 }
 
-/// Idle reader connections.
+/// Reader connections: at most [`READERS`] in use at once, kept open between reads.
 struct Readers {
     path: String,
     idle: Mutex<Vec<Connection>>,
+    /// Bounds the connections in use, so a burst of reads waits for one instead of opening more.
+    permits: tokio::sync::Semaphore,
 }
 
 impl Readers {
@@ -150,7 +152,8 @@ impl SqliteStore {
             .name("tidings-sqlite-writer".into())
             .spawn(move || write_loop(writer, receiver))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { jobs, readers: Arc::new(Readers { path, idle: Mutex::new(Vec::new()) }) })
+        let readers = Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(READERS) };
+        Ok(Self { jobs, readers: Arc::new(readers) })
     }
 
     /// Runs `f` on the writer thread, in the next group transaction; answers once that has committed.
@@ -174,15 +177,18 @@ impl SqliteStore {
 
     /// Runs `f` on a reader connection.
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let permit = self.readers.permits.acquire().await.map_err(|_| StoreError::Closed)?;
         let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let connection = readers.take()?;
             let result = f(&connection);
             readers.give_back(connection);
             result
         })
         .await
-        .map_err(|_| StoreError::Closed)?
+        .map_err(|_| StoreError::Closed)?;
+        drop(permit);
+        result
     }
 }
 
@@ -541,6 +547,24 @@ impl Store for SqliteStore {
                  lease_token = NULL, updated_at = ?1 WHERE org_id = ?2 AND id = ?3 RETURNING {DELIVERY_COLUMNS}"
             );
             Ok(c.prepare_cached(&sql)?.query_row(params![now_ms(), org, id], delivery).optional()?)
+        })
+        .await
+    }
+
+    async fn last_deliveries(&self, org: &str, endpoint_ids: &[String]) -> Result<Vec<DeliveryRecord>> {
+        let org = org.to_owned();
+        let endpoint_ids = serde_json::to_string(endpoint_ids).unwrap_or_else(|_| "[]".into());
+        self.read(move |c| {
+            // One correlated subquery per endpoint, each answered from deliveries_by_endpoint (endpoint_id, seq).
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE seq IN ( \
+                   SELECT (SELECT d.seq FROM deliveries d WHERE d.endpoint_id = e.value AND d.org_id = ?1 \
+                           ORDER BY d.seq DESC LIMIT 1) \
+                   FROM json_each(?2) e)"
+            );
+            let mut statement = c.prepare_cached(&sql)?;
+            let rows = statement.query_map(params![org, endpoint_ids], delivery)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
