@@ -14,9 +14,11 @@
 //! | `crash` | the real binary killed with SIGKILL loses no event |
 //! | `store` | the store conformance suite: leases, claims, retries, cursors |
 //! | `scale` | several `tidings` processes on one PostgreSQL: all delivered once, a killed one loses nothing |
+//! | `bench` | `tidings bench` runs with tiny counts and reports every figure |
 //! | `process` | the real binary as a child process |
 //! | `db` | fresh databases per test and the `on_both_stores!` macro |
 
+mod bench;
 mod contract;
 mod crash;
 mod db;

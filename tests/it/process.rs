@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 
 use crate::helpers::ms;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidings");
+pub const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 
 /// `tidings org create NAME --database PATH`: answers the key, the last line of its output.
 pub fn create_org(database: &str, name: &str) -> String {
