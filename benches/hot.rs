@@ -27,7 +27,8 @@ fn interview(c: &mut Criterion) {
 }
 
 fn signing(c: &mut Criterion) {
-    let key = SigningKey::from_secret(&SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned())).unwrap();
+    let key =
+        SigningKey::from_secret(&SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned())).unwrap();
     let keys = [key.clone()];
     let two = [key.clone(), key];
     let body = EXAMPLE_BODY.as_bytes();

@@ -12,6 +12,7 @@
 //! | [`store`] | the only module that speaks SQL: one trait, a SQLite implementation |
 //! | [`delivery`] | the claim loop and the outbound HTTP sender |
 //! | [`http`] | the JSON API: handlers, extractors, one error type |
+//! | [`settings`] | the Developer Settings page: server-rendered HTML under `/settings`, sessions, CSRF |
 //! | [`metrics`] | Prometheus counters shared by the API and the workers |
 //! | [`cli`] | the command line: `serve`, `migrate`, `org create`, `listen` |
 
@@ -22,6 +23,7 @@ pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod settings;
 pub mod store;
 
 pub use app::{create_org, run};

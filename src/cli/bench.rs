@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Longest any one measurement may take before the run gives up.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     phase_timeout: Duration,
+    /// Old succeeded deliveries to add before measuring throughput a second time (0: skip), to show that the
+    /// queue's cost does not grow with history.
+    #[arg(long, default_value_t = 0)]
+    history: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -72,6 +76,9 @@ struct Report {
     ingest_per_s: f64,
     delivery_per_s: f64,
     delivery_vs_ceiling: f64,
+    history_deliveries: u64,
+    delivery_with_history_per_s: f64,
+    with_history_vs_without: f64,
     fanout_endpoints: usize,
     fanout_deliveries_per_s: f64,
     fanout_vs_ceiling: f64,
@@ -179,11 +186,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     progress("throughput: interview updates to one endpoint");
     let api = Api::new(&client, &server.base, &database, "bench-throughput").await?;
-    api.endpoint(&receiver_url).await?;
+    let endpoint = api.endpoint(&receiver_url).await?;
     let (ingest, delivery) = deliver(&api, &sink, "t", args.n, 1, args.concurrency, args.phase_timeout).await?;
     report.ingest_per_s = ingest;
     report.delivery_per_s = delivery;
     report.delivery_vs_ceiling = delivery / report.ceiling_per_s;
+
+    if args.history > 0 {
+        progress(&format!("throughput again, with {} old deliveries in the store", args.history));
+        crate::store::open(&database).await?.seed_history(&api.org, &endpoint, args.history).await?;
+        let (_, again) = deliver(&api, &sink, "t2", args.n, 1, args.concurrency, args.phase_timeout).await?;
+        report.history_deliveries = args.history;
+        report.delivery_with_history_per_s = again;
+        report.with_history_vs_without = again / delivery;
+    }
 
     progress(&format!("fan-out: updates to {} endpoints", args.endpoints));
     let api = Api::new(&client, &server.base, &database, "bench-fanout").await?;
@@ -249,19 +265,23 @@ async fn start_server(database: &str) -> anyhow::Result<Server> {
 }
 
 /// One organization's view of the server under test.
+#[derive(Clone)]
 struct Api {
     client: reqwest::Client,
     base: String,
     key: String,
+    org: String,
 }
 
 impl Api {
     async fn new(client: &reqwest::Client, base: &str, database: &str, name: &str) -> anyhow::Result<Self> {
         let org = crate::create_org(database, name).await?;
-        Ok(Self { client: client.clone(), base: base.to_owned(), key: org.api_key.expose_secret().to_owned() })
+        let key = org.api_key.expose_secret().to_owned();
+        Ok(Self { client: client.clone(), base: base.to_owned(), key, org: org.id })
     }
 
-    async fn endpoint(&self, url: &str) -> anyhow::Result<()> {
+    /// Registers `url`; answers the endpoint's id.
+    async fn endpoint(&self, url: &str) -> anyhow::Result<String> {
         let response = self
             .client
             .post(format!("{}/v1/endpoints", self.base))
@@ -270,7 +290,8 @@ impl Api {
             .send()
             .await?;
         anyhow::ensure!(response.status().is_success(), "creating an endpoint answered {}", response.status());
-        Ok(())
+        let created: serde_json::Value = response.json().await?;
+        created["id"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no id in {created}"))
     }
 
     /// Updates candidate `id` with the document's example fields.
@@ -332,8 +353,8 @@ async fn deliver(
     let expected = sink.count.load(Ordering::Relaxed) + (updates * per_update) as u64;
     let failures = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let (client, base, key, tag) = (api.client.clone(), api.base.clone(), api.key.clone(), tag.to_owned());
-    let api = Arc::new(Api { client, base, key });
+    let tag = tag.to_owned();
+    let api = Arc::new(api.clone());
     {
         let failures = failures.clone();
         run_concurrently(updates, concurrency, move |i| {
@@ -400,7 +421,7 @@ async fn open_loop_latency(
     let count = ((rate as f64) * duration.as_secs_f64()).ceil().max(1.0) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(count)));
-    let api = Arc::new(Api { client: api.client.clone(), base: api.base.clone(), key: api.key.clone() });
+    let api = Arc::new(api.clone());
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
@@ -457,6 +478,12 @@ fn print_report(r: &Report) {
         "  fan-out     {:>9.0} webhooks/s   {:.2} × ceiling   ({} endpoints)",
         r.fanout_deliveries_per_s, r.fanout_vs_ceiling, r.fanout_endpoints
     );
+    if r.history_deliveries > 0 {
+        println!(
+            "  with {} old deliveries {:>9.0} webhooks/s   {:.2} × without",
+            r.history_deliveries, r.delivery_with_history_per_s, r.with_history_vs_without
+        );
+    }
     for (name, l) in
         [("unloaded", &r.latency_unloaded), ("fixed rate", &r.latency_fixed), ("half rate", &r.latency_half_throughput)]
     {

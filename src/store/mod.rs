@@ -333,6 +333,10 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest time after `now` at which a delivery becomes due.
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>>;
 
+    /// Writes `count` old events, each with a succeeded delivery to `endpoint_id`: the history a long-running
+    /// service accumulates. Used by `tidings bench` to show that claims do not slow down as history grows.
+    async fn seed_history(&self, org: &str, endpoint_id: &str, count: u64) -> Result<()>;
+
     /// Rings `wake` whenever another process announces new work, until `stop`. A store used by one process
     /// only has nothing to announce and just waits.
     async fn watch_for_work(&self, wake: Arc<Notify>, stop: CancellationToken) {

@@ -446,6 +446,36 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn seed_history(&self, org: &str, endpoint_id: &str, count: u64) -> Result<()> {
+        let then = now_ms() - 86_400_000;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO events (id, org_id, type, payload, created_at) \
+             SELECT 'evt_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24), $2, \
+                    'candidate.interview.updated', '{}', $3 FROM generate_series(1, $1)",
+        )
+        .bind(count as i64)
+        .bind(org)
+        .bind(then)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, attempt_count, scheduled_count, \
+             created_at, updated_at) \
+             SELECT 'dlv_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24), org_id, id, $1, 'succeeded', \
+                    1, 1, created_at, created_at \
+             FROM events WHERE org_id = $2 AND payload = '{}' AND created_at = $3",
+        )
+        .bind(endpoint_id)
+        .bind(org)
+        .bind(then)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        sqlx::query("ANALYZE deliveries").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>> {
         Ok(sqlx::query_scalar("SELECT MIN(run_at) FROM deliveries WHERE run_at > $1")
             .bind(now)

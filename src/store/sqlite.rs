@@ -677,6 +677,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn seed_history(&self, org: &str, endpoint_id: &str, count: u64) -> Result<()> {
+        let (org, endpoint_id) = (org.to_owned(), endpoint_id.to_owned());
+        self.write(move |c| {
+            let then = now_ms() - 86_400_000;
+            c.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+                 INSERT INTO events (id, org_id, type, payload, created_at) \
+                 SELECT 'evt_' || lower(hex(randomblob(12))), ?2, 'candidate.interview.updated', '{}', ?3 FROM n",
+                params![count as i64, org, then],
+            )?;
+            c.execute(
+                "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, attempt_count, scheduled_count, \
+                 created_at, updated_at) \
+                 SELECT 'dlv_' || lower(hex(randomblob(12))), org_id, id, ?1, 'succeeded', 1, 1, created_at, created_at \
+                 FROM events WHERE org_id = ?2 AND payload = '{}' AND created_at = ?3",
+                params![endpoint_id, org, then],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>> {
         self.read(move |c| {
             Ok(c.prepare_cached("SELECT MIN(run_at) FROM deliveries WHERE run_at > ?")?

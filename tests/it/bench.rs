@@ -21,7 +21,8 @@ fn bench_runs_and_reports_every_figure() {
     assert!(stderr.contains("throughput"), "progress is shown while it runs: {stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("--json prints JSON ({e}): {stdout}"));
     assert_eq!(report["store"], "sqlite");
-    for figure in ["ceiling_per_s", "ingest_per_s", "delivery_per_s", "fanout_deliveries_per_s", "server_peak_rss_mib"] {
+    for figure in ["ceiling_per_s", "ingest_per_s", "delivery_per_s", "fanout_deliveries_per_s", "server_peak_rss_mib"]
+    {
         assert!(report[figure].as_f64().is_some_and(|v| v > 0.0), "{figure} is a positive number: {report:#}");
     }
     for run in ["latency_unloaded", "latency_fixed", "latency_half_throughput"] {

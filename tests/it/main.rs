@@ -19,6 +19,7 @@
 //! | `db` | fresh databases per test and the `on_both_stores!` macro |
 
 mod bench;
+mod browser;
 mod contract;
 mod crash;
 mod db;
@@ -30,5 +31,6 @@ mod isolation;
 mod process;
 mod retries;
 mod scale;
+mod settings;
 mod signing;
 mod store;

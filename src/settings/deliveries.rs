@@ -1,0 +1,257 @@
+//! The deliveries pages: the list (newest first, filtered by endpoint and status, refreshing itself) and one
+//! delivery with its event body, every attempt, the next scheduled attempt and "Retry now".
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures_util::future::try_join_all;
+use serde::Deserialize;
+
+use super::form::{Form, encode};
+use super::session::SignedIn;
+use super::views::{AttemptRow, Choice, DeliveriesPage, DeliveryPage, DeliveryRow, Layout, Time};
+use super::webhooks::api_message;
+use super::{SettingsError, render, see_other};
+use crate::domain::time::now_ms;
+use crate::domain::{Invalid, ids};
+use crate::http::AppState;
+use crate::http::extract::MAX_LIMIT;
+use crate::store::{AttemptRecord, DeliveryFilter, DeliveryStatus, EndpointRecord, PageRequest, Trigger};
+
+/// Deliveries per page of the list.
+const PAGE_SIZE: u32 = 50;
+/// The longest response snippet shown per attempt (the store keeps the first 4 KiB).
+const SNIPPET_CHARS: usize = 1000;
+
+const STATUSES: [DeliveryStatus; 3] =
+    [DeliveryStatus::Pending, DeliveryStatus::Succeeded, DeliveryStatus::Undeliverable];
+
+#[derive(Deserialize, Default)]
+pub struct DeliveriesQuery {
+    endpoint_id: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct DeliveryQuery {
+    done: Option<String>,
+}
+
+/// The organization's endpoints (up to the API's largest page), to name each delivery's endpoint and fill
+/// the filter.
+async fn endpoints_of(state: &AppState, org: &str) -> Result<Vec<EndpointRecord>, SettingsError> {
+    Ok(state.store.list_endpoints(org, PageRequest { limit: MAX_LIMIT, before: None }).await?.items)
+}
+
+/// An endpoint as a person recognizes it: its description when it has one, and its URL.
+fn endpoint_label(endpoint: &EndpointRecord) -> String {
+    if endpoint.description.is_empty() {
+        endpoint.url.clone()
+    } else {
+        format!("{} ({})", endpoint.url, endpoint.description)
+    }
+}
+
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Query(query): Query<DeliveriesQuery>,
+) -> Result<Response, SettingsError> {
+    let endpoint_id = query.endpoint_id.filter(|s| !s.is_empty());
+    let status_text = query.status.filter(|s| !s.is_empty());
+    let status = status_text.as_deref().map(DeliveryStatus::parse);
+    // The API's message for the same mistake.
+    let filter_error = matches!(status, Some(None))
+        .then(|| api_message(&Invalid::new("status", "must be one of pending, succeeded, undeliverable")));
+    let before = query.cursor.as_deref().and_then(|c| c.parse::<i64>().ok()).filter(|c| *c > 0);
+
+    let endpoints = endpoints_of(&state, &signed_in.org).await?;
+    let (items, next_cursor) = if filter_error.is_some() {
+        (Vec::new(), None)
+    } else {
+        let filter = DeliveryFilter { endpoint_id: endpoint_id.clone(), event_id: None, status: status.flatten() };
+        let page =
+            state.store.list_deliveries(&signed_in.org, &filter, PageRequest { limit: PAGE_SIZE, before }).await?;
+        (page.items, page.next_cursor)
+    };
+    // Each row names its event's type: one lookup by primary key per row of the page, side by side.
+    let events = try_join_all(items.iter().map(|d| state.store.get_event(&signed_in.org, &d.event_id))).await?;
+    let labels: HashMap<&str, String> = endpoints.iter().map(|e| (e.id.as_str(), endpoint_label(e))).collect();
+    let rows = items
+        .iter()
+        .zip(events)
+        .map(|(d, event)| DeliveryRow {
+            id: d.id.clone(),
+            event_type: event.map(|e| e.event_type).unwrap_or_default(),
+            endpoint_label: labels.get(d.endpoint_id.as_str()).cloned().unwrap_or_else(|| d.endpoint_id.clone()),
+            status: d.status.as_str(),
+            attempts: d.attempt_count,
+            created: Time::at(d.created_at),
+            next: d.next_attempt_at.map(Time::at),
+        })
+        .collect();
+
+    let older = next_cursor.map(|cursor| {
+        let mut href = format!("/settings/deliveries?cursor={cursor}");
+        if let Some(id) = &endpoint_id {
+            href.push_str(&format!("&endpoint_id={}", encode(id)));
+        }
+        if let Some(status) = &status_text {
+            href.push_str(&format!("&status={}", encode(status)));
+        }
+        href
+    });
+    let endpoints = endpoints
+        .iter()
+        .map(|e| Choice {
+            value: e.id.clone(),
+            label: endpoint_label(e),
+            selected: endpoint_id.as_deref() == Some(e.id.as_str()),
+        })
+        .collect();
+    let statuses = STATUSES
+        .iter()
+        .map(|s| Choice {
+            value: s.as_str().to_owned(),
+            label: s.as_str().to_owned(),
+            selected: status_text.as_deref() == Some(s.as_str()),
+        })
+        .collect();
+    let mut layout = Layout::new("Deliveries", &signed_in.session.token, true, "deliveries");
+    layout.refreshes = true;
+    let http_status = if filter_error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+    let page = DeliveriesPage {
+        layout,
+        endpoints,
+        statuses,
+        filter_error,
+        filtered: endpoint_id.is_some() || status_text.is_some(),
+        rows,
+        older,
+        now: Time::at(now_ms()),
+    };
+    render(http_status, &page)
+}
+
+/// `HTTP 200`, `HTTP 500`, `timeout`…: the status code when there was an answer, the error kind otherwise.
+fn attempt_result(attempt: &AttemptRecord) -> String {
+    match (attempt.status_code, &attempt.error) {
+        (Some(code), _) => format!("HTTP {code}"),
+        (None, Some(error)) => error.clone(),
+        (None, None) => "—".to_owned(),
+    }
+}
+
+/// The body indented for reading; as stored when it is not JSON.
+fn indent_json(payload: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|value| serde_json::to_string_pretty(&value).ok())
+        .unwrap_or_else(|| payload.to_owned())
+}
+
+fn snippet(body: &str) -> String {
+    match body.char_indices().nth(SNIPPET_CHARS) {
+        Some((cut, _)) => format!("{}…", &body[..cut]),
+        None => body.to_owned(),
+    }
+}
+
+pub async fn show_delivery(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path(id): Path<String>,
+    Query(query): Query<DeliveryQuery>,
+) -> Result<Response, SettingsError> {
+    if !ids::has_prefix(&id, ids::DELIVERY) {
+        return Err(SettingsError::NotFound("delivery"));
+    }
+    let org = &signed_in.org;
+    let (delivery, attempts) = state.store.get_delivery(org, &id).await?.ok_or(SettingsError::NotFound("delivery"))?;
+    let event = state.store.get_event(org, &delivery.event_id).await?;
+    let endpoint = state.store.get_endpoint(org, &delivery.endpoint_id).await?;
+    let mut layout = Layout::new(format!("Delivery {id}"), &signed_in.session.token, true, "deliveries");
+    let refreshing = delivery.status == DeliveryStatus::Pending;
+    layout.refreshes = refreshing;
+    layout.notice = match query.done.as_deref() {
+        Some("test-sent") => Some("Test event sent to this webhook."),
+        Some("retried") => Some("Retry asked for: one more attempt is being made now."),
+        _ => None,
+    };
+    let page = DeliveryPage {
+        layout,
+        id: delivery.id.clone(),
+        status: delivery.status.as_str(),
+        endpoint_label: endpoint.as_ref().map(endpoint_label).unwrap_or_else(|| delivery.endpoint_id.clone()),
+        endpoint_id: delivery.endpoint_id.clone(),
+        event_id: delivery.event_id.clone(),
+        event_type: event.as_ref().map(|e| e.event_type.clone()).unwrap_or_default(),
+        created: Time::at(delivery.created_at),
+        attempt_count: delivery.attempt_count,
+        next: delivery.next_attempt_at.map(Time::at),
+        attempts: attempts
+            .iter()
+            .map(|a| AttemptRow {
+                number: a.number,
+                manual: a.trigger == Trigger::Manual,
+                started: Time::at(a.started_at),
+                duration_ms: a.duration_ms,
+                result: attempt_result(a),
+                ok: a.error.is_none(),
+                response: snippet(&a.response_body),
+            })
+            .collect(),
+        body: event.as_ref().map(|e| indent_json(&e.payload)).unwrap_or_default(),
+        refreshing,
+    };
+    render(StatusCode::OK, &page)
+}
+
+pub async fn retry_delivery(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path(id): Path<String>,
+    _form: Form,
+) -> Result<Response, SettingsError> {
+    if !ids::has_prefix(&id, ids::DELIVERY) {
+        return Err(SettingsError::NotFound("delivery"));
+    }
+    state.store.request_retry(&signed_in.org, &id).await?.ok_or(SettingsError::NotFound("delivery"))?;
+    // As the API does: the local workers claim it at once.
+    state.wake.notify_one();
+    Ok(see_other(format!("/settings/deliveries/{id}?done=retried")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_read_as_status_or_error() {
+        let mut attempt = AttemptRecord {
+            number: 1,
+            trigger: Trigger::Scheduled,
+            started_at: 0,
+            duration_ms: 5,
+            status_code: Some(500),
+            error: Some("status".into()),
+            response_body: String::new(),
+        };
+        assert_eq!(attempt_result(&attempt), "HTTP 500");
+        attempt.status_code = None;
+        attempt.error = Some("timeout".into());
+        assert_eq!(attempt_result(&attempt), "timeout");
+    }
+
+    #[test]
+    fn bodies_are_indented_and_snippets_cut() {
+        assert_eq!(indent_json(r#"{"a":1}"#), "{\n  \"a\": 1\n}");
+        assert_eq!(indent_json("not json"), "not json");
+        let long = "é".repeat(SNIPPET_CHARS + 5);
+        assert_eq!(snippet(&long).chars().count(), SNIPPET_CHARS + 1);
+        assert_eq!(snippet("short"), "short");
+    }
+}

@@ -1,0 +1,379 @@
+//! Sessions of the settings page: a signed cookie that names the organization and the API key it was opened
+//! with, the sign-in check of every page, and the CSRF token every form of the session carries.
+//!
+//! Every visitor gets a session, signed in or not, so the sign-in form has a CSRF token too. The cookie is
+//! `HttpOnly` (no script reads it), `SameSite=Strict` (no other site's request carries it), `Path=/settings`,
+//! and `Secure` when the request came over TLS (as told by a TLS-terminating proxy's `X-Forwarded-Proto` or
+//! `Forwarded` header, since `tidings serve` itself speaks plain HTTP).
+//!
+//! The signing key is made when the process starts and never leaves it: restarting the process signs everyone
+//! out, and several API processes behind one load balancer each accept only their own sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{FromRequestParts, OriginalUri, Request, State};
+use axum::http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use cookie::{Cookie, CookieJar, Key, SameSite};
+use rand::RngCore;
+
+use super::SettingsError;
+use crate::domain::time::{Millis, now_ms};
+use crate::http::AppState;
+
+/// The cookie's name.
+pub const COOKIE_NAME: &str = "tidings_session";
+/// How long a session lasts, signed in or not. Fixed from its start: a stolen cookie is not good for long.
+const LIFETIME_MS: Millis = 12 * 60 * 60 * 1000;
+
+/// The process's session authority: signs and checks cookies, and remembers sessions signed out early.
+#[derive(Clone)]
+pub struct Sessions(Arc<Inner>);
+
+struct Inner {
+    /// Signs every session cookie (HMAC-SHA256), so a client cannot make one up or change the organization
+    /// in it.
+    key: Key,
+    /// Tokens of sessions signed out before they expired, with their expiry: a signed cookie stays valid by
+    /// itself, so a sign-out has to be remembered here until the cookie would have expired anyway.
+    ended: Mutex<HashMap<String, Millis>>,
+}
+
+/// Who signed in: the organization, and the hash of the API key used, checked again on every request so a
+/// session ends with its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedInAs {
+    pub org: String,
+    pub key_hash: String,
+}
+
+/// One browser's session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Random and unique to this session; also the CSRF token its forms must send back.
+    pub token: String,
+    /// Set once an API key was accepted.
+    pub user: Option<SignedInAs>,
+    pub expires_at: Millis,
+}
+
+impl Session {
+    /// A new session, not signed in.
+    pub fn anonymous(now: Millis) -> Self {
+        Self { token: random_token(), user: None, expires_at: now + LIFETIME_MS }
+    }
+
+    /// A new session signed in as `user`. The token is new, so a token seen before sign-in is worth nothing
+    /// after it (no session fixation).
+    pub fn signed_in(user: SignedInAs, now: Millis) -> Self {
+        Self { token: random_token(), user: Some(user), expires_at: now + LIFETIME_MS }
+    }
+
+    /// `token~org~key_hash~expires_at`: none of the parts can contain `~`.
+    fn encode(&self) -> String {
+        let (org, key_hash) = match &self.user {
+            Some(user) => (user.org.as_str(), user.key_hash.as_str()),
+            None => ("", ""),
+        };
+        format!("{}~{org}~{key_hash}~{}", self.token, self.expires_at)
+    }
+
+    fn decode(value: &str) -> Option<Self> {
+        let mut parts = value.split('~');
+        let (token, org, key_hash, expires_at) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || token.is_empty() {
+            return None;
+        }
+        let user = match (org, key_hash) {
+            ("", "") => None,
+            ("", _) | (_, "") => return None,
+            (org, key_hash) => Some(SignedInAs { org: org.to_owned(), key_hash: key_hash.to_owned() }),
+        };
+        Some(Self { token: token.to_owned(), user, expires_at: expires_at.parse().ok()? })
+    }
+
+    /// Whether `sent` is this session's CSRF token, compared in constant time.
+    pub fn accepts_token(&self, sent: &str) -> bool {
+        let (a, b) = (self.token.as_bytes(), sent.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// 128 random bits, hex.
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sessions {
+    /// A new authority with a fresh random key.
+    pub fn new() -> Self {
+        Self(Arc::new(Inner { key: Key::generate(), ended: Mutex::new(HashMap::new()) }))
+    }
+
+    /// The valid, unexpired session the request's cookie holds, if any.
+    pub fn read(&self, headers: &HeaderMap, now: Millis) -> Option<Session> {
+        let mut jar = CookieJar::new();
+        for header in headers.get_all(COOKIE) {
+            let Ok(text) = header.to_str() else { continue };
+            for cookie in Cookie::split_parse(text.to_owned()).flatten() {
+                if cookie.name() == COOKIE_NAME {
+                    jar.add_original(cookie);
+                }
+            }
+        }
+        let cookie = jar.signed(&self.0.key).get(COOKIE_NAME)?;
+        let session = Session::decode(cookie.value())?;
+        if session.expires_at <= now || self.ended().contains_key(&session.token) {
+            return None;
+        }
+        Some(session)
+    }
+
+    /// The `Set-Cookie` header value that gives the browser `session`.
+    pub fn cookie(&self, session: &Session, secure: bool, now: Millis) -> HeaderValue {
+        let max_age = cookie::time::Duration::milliseconds((session.expires_at - now).max(0));
+        let cookie = Cookie::build((COOKIE_NAME, session.encode()))
+            .path("/settings")
+            .http_only(true)
+            .same_site(SameSite::Strict)
+            .secure(secure)
+            .max_age(max_age);
+        let mut jar = CookieJar::new();
+        jar.signed_mut(&self.0.key).add(cookie);
+        let signed = jar.get(COOKIE_NAME).map(|c| c.to_string()).unwrap_or_default();
+        // The value is hex, `~`, `org_`, digits and base64: all valid in a header.
+        HeaderValue::from_str(&signed).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Remembers that `session` was signed out, so its cookie is refused until it expires.
+    pub fn end(&self, session: &Session, now: Millis) {
+        let mut ended = self.ended();
+        ended.retain(|_, expires_at| *expires_at > now);
+        ended.insert(session.token.clone(), session.expires_at);
+    }
+
+    fn ended(&self) -> std::sync::MutexGuard<'_, HashMap<String, Millis>> {
+        // A panic elsewhere while holding the lock leaves the map usable: it is only a set of tokens.
+        self.0.ended.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a handler needs to give the browser a new session (sign-in, sign-out).
+#[derive(Clone)]
+pub struct Issuer {
+    sessions: Sessions,
+    /// The request came over TLS: the cookie gets `Secure`.
+    secure: bool,
+}
+
+impl Issuer {
+    /// The `Set-Cookie` value for `session`.
+    pub fn cookie(&self, session: &Session) -> HeaderValue {
+        self.sessions.cookie(session, self.secure, now_ms())
+    }
+
+    /// Forgets `session` for good.
+    pub fn end(&self, session: &Session) {
+        self.sessions.end(session, now_ms());
+    }
+}
+
+/// Whether the browser reached us over TLS, as told by the proxy that terminated it.
+fn came_over_tls(headers: &HeaderMap) -> bool {
+    let forwarded_proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
+    let forwarded = headers
+        .get_all("forwarded")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([';', ',']).any(|pair| pair.trim().eq_ignore_ascii_case("proto=https")));
+    forwarded_proto || forwarded
+}
+
+/// The layer around every page: finds the request's session (or starts one and sends its cookie), and adds
+/// the headers every settings page wants.
+pub async fn with_session(State(sessions): State<Sessions>, mut request: Request, next: Next) -> Response {
+    let now = now_ms();
+    let secure = came_over_tls(request.headers());
+    let (session, fresh) = match sessions.read(request.headers(), now) {
+        Some(session) => (session, false),
+        None => (Session::anonymous(now), true),
+    };
+    request.extensions_mut().insert(Issuer { sessions: sessions.clone(), secure });
+    request.extensions_mut().insert(session.clone());
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    // A handler that set its own session cookie (sign-in, sign-out) has the last word.
+    if fresh && !headers.contains_key(SET_COOKIE) {
+        headers.append(SET_COOKIE, sessions.cookie(&session, secure, now));
+    }
+    // Pages show secrets and per-organization data: never keep them in a cache.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    response
+}
+
+/// The request's session, signed in or not.
+pub struct Visitor(pub Session);
+
+impl<S: Send + Sync> FromRequestParts<S> for Visitor {
+    type Rejection = SettingsError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Session>()
+            .cloned()
+            .map(Visitor)
+            .ok_or_else(|| SettingsError::Internal("no session layer around a settings page".into()))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Issuer {
+    type Rejection = SettingsError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Issuer>()
+            .cloned()
+            .ok_or_else(|| SettingsError::Internal("no session layer around a settings page".into()))
+    }
+}
+
+/// A signed-in session whose API key still belongs to its organization. Anything else is sent to the sign-in
+/// page (and, for a page view, back here afterwards).
+pub struct SignedIn {
+    /// The organization every query of the request is scoped by.
+    pub org: String,
+    pub session: Session,
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = SettingsError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Visitor(session) = Visitor::from_request_parts(parts, state).await?;
+        let next = (parts.method == Method::GET).then(|| {
+            let uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
+            uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default()
+        });
+        let Some(user) = &session.user else {
+            return Err(SettingsError::SignInRequired { next });
+        };
+        match state.store.org_for_key(&user.key_hash).await? {
+            Some(org) if org == user.org => Ok(Self { org, session }),
+            _ => Err(SettingsError::SignInRequired { next }),
+        }
+    }
+}
+
+/// Where to go after signing in: a settings page, never another site.
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(next)
+            if next.starts_with("/settings/")
+                && !next.starts_with("/settings/sign-")
+                && !next.contains(['\\', '\r', '\n'])
+                && !next.contains("//") =>
+        {
+            next.to_owned()
+        }
+        _ => "/settings/webhooks".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_with(cookie: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(COOKIE, HeaderValue::from_str(cookie).unwrap());
+        headers
+    }
+
+    /// The `name=value` part of a `Set-Cookie` value.
+    fn pair(set_cookie: &HeaderValue) -> String {
+        set_cookie.to_str().unwrap().split(';').next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_session_survives_its_cookie_and_nothing_else_does() {
+        let sessions = Sessions::new();
+        let user = SignedInAs { org: "org_1".into(), key_hash: "ab".repeat(32) };
+        let session = Session::signed_in(user.clone(), 1_000);
+        let set_cookie = sessions.cookie(&session, false, 1_000);
+        let text = set_cookie.to_str().unwrap();
+        assert!(text.contains("HttpOnly") && text.contains("SameSite=Strict") && text.contains("Path=/settings"));
+        assert!(!text.contains("Secure"));
+        assert!(sessions.cookie(&session, true, 1_000).to_str().unwrap().contains("Secure"));
+
+        let read = sessions.read(&headers_with(&format!("other=1; {}", pair(&set_cookie))), 2_000).unwrap();
+        assert_eq!(read.user, Some(user));
+        assert_eq!(read.token, session.token);
+
+        // Expired, signed by another process, or changed by the client: no session.
+        assert!(sessions.read(&headers_with(&pair(&set_cookie)), session.expires_at).is_none());
+        assert!(Sessions::new().read(&headers_with(&pair(&set_cookie)), 2_000).is_none());
+        let forged = pair(&set_cookie).replace("org_1", "org_2");
+        assert!(sessions.read(&headers_with(&forged), 2_000).is_none());
+
+        // Signed out: refused from then on.
+        sessions.end(&session, 2_000);
+        assert!(sessions.read(&headers_with(&pair(&set_cookie)), 3_000).is_none());
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        let session = Session::anonymous(0);
+        assert!(session.accepts_token(&session.token.clone()));
+        assert!(!session.accepts_token(""));
+        assert!(!session.accepts_token(&Session::anonymous(0).token));
+    }
+
+    #[test]
+    fn after_sign_in_only_settings_pages() {
+        assert_eq!(safe_next(Some("/settings/deliveries?status=pending")), "/settings/deliveries?status=pending");
+        for bad in ["https://evil.example/", "//evil.example/", "/settings//evil", "/v1/endpoints", "/settings/sign-in"]
+        {
+            assert_eq!(safe_next(Some(bad)), "/settings/webhooks", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/settings/webhooks");
+    }
+
+    #[test]
+    fn tls_is_told_by_the_proxy() {
+        let mut headers = HeaderMap::new();
+        assert!(!came_over_tls(&headers));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(came_over_tls(&headers));
+        let mut headers = HeaderMap::new();
+        headers.insert("forwarded", HeaderValue::from_static("for=1.2.3.4;proto=https"));
+        assert!(came_over_tls(&headers));
+    }
+}
