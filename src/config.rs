@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+
 /// Everything `tidings serve` (and the tests) can tune. Built by the CLI from flags and `TIDINGS_*`
 /// variables, or by tests from [`ServeConfig::new`] with fields overridden.
 #[derive(Debug, Clone)]
@@ -36,6 +38,9 @@ pub struct ServeConfig {
     pub secret_grace: Duration,
     /// How often workers look for due retries when nothing woke them.
     pub poll_interval: Duration,
+    /// Signs Developer Settings sessions. Set the same value on every API process (and keep it across
+    /// restarts) so a session is good everywhere; unset, each process makes its own key at start.
+    pub session_key: Option<SecretString>,
 }
 
 impl ServeConfig {
@@ -55,6 +60,7 @@ impl ServeConfig {
             endpoint_concurrency: 64,
             secret_grace: Duration::from_secs(24 * 60 * 60),
             poll_interval: Duration::from_secs(1),
+            session_key: None,
         }
     }
 
@@ -77,6 +83,9 @@ impl ServeConfig {
         }
         if self.poll_interval.is_zero() {
             return Err("--poll-interval must be greater than zero".into());
+        }
+        if self.session_key.as_ref().is_some_and(|k| k.expose_secret().len() < 32) {
+            return Err("--session-key must be at least 32 characters".into());
         }
         if !self.api && !self.workers {
             return Err("nothing to run: neither the API nor the workers are enabled".into());

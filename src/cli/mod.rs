@@ -94,6 +94,9 @@ struct ServeArgs {
     /// How often workers look for due retries when nothing woke them.
     #[arg(long, env = "TIDINGS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// Secret (32+ characters) that signs Developer Settings sessions; the same on every API process.
+    #[arg(long, env = "TIDINGS_SESSION_KEY", hide_env_values = true)]
+    session_key: Option<String>,
 }
 
 impl ServeArgs {
@@ -112,6 +115,7 @@ impl ServeArgs {
             endpoint_concurrency: self.endpoint_concurrency,
             secret_grace: self.secret_grace,
             poll_interval: self.poll_interval,
+            session_key: self.session_key.map(secrecy::SecretString::from),
         }
     }
 }

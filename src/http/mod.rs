@@ -66,7 +66,7 @@ pub fn router(state: AppState, api: bool) -> Router {
             .route("/v1/deliveries", get(deliveries::list_deliveries))
             .route("/v1/deliveries/{id}", get(deliveries::get_delivery))
             .route("/v1/deliveries/{id}/retry", post(deliveries::retry_delivery))
-            .nest("/settings", crate::settings::router())
+            .nest("/settings", crate::settings::router(state.config.session_key.as_ref()))
     } else {
         operator
     };

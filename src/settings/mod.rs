@@ -21,6 +21,7 @@ use axum::http::header::LOCATION;
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use secrecy::SecretString;
 
 use crate::http::AppState;
 use crate::store::StoreError;
@@ -35,10 +36,11 @@ mod webhooks;
 
 pub use session::Sessions;
 
-/// The pages, to be nested under `/settings` in [`crate::http::router`]. Sessions are signed with a key made
-/// here, once per process (see [`Sessions`]).
-pub fn router() -> Router<AppState> {
-    let sessions = Sessions::new();
+/// The pages, to be nested under `/settings` in [`crate::http::router`]. Sessions are signed with a key
+/// derived from `session_key` when the operator set one (shared by every process and kept across restarts),
+/// otherwise with a key made here, once per process (see [`Sessions`]).
+pub fn router(session_key: Option<&SecretString>) -> Router<AppState> {
+    let sessions = session_key.map_or_else(Sessions::new, Sessions::with_secret);
     let pages = Router::new()
         .route("/", get(|| async { Redirect::to("/settings/webhooks") }))
         .route("/sign-in", get(auth::show_sign_in).post(auth::sign_in))

@@ -20,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use cookie::{Cookie, CookieJar, Key, SameSite};
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::SettingsError;
 use crate::domain::time::{Millis, now_ms};
@@ -117,9 +118,17 @@ impl Default for Sessions {
 }
 
 impl Sessions {
-    /// A new authority with a fresh random key.
+    /// A new authority with a fresh random key: sessions last as long as this process.
     pub fn new() -> Self {
         Self(Arc::new(Inner { key: Key::generate(), ended: Mutex::new(HashMap::new()) }))
+    }
+
+    /// An authority whose key is derived from the operator's `--session-key`, so every process configured
+    /// with it accepts the others' sessions and they survive restarts.
+    pub fn with_secret(secret: &SecretString) -> Self {
+        use sha2::Digest;
+        let master = sha2::Sha512::digest(secret.expose_secret().as_bytes());
+        Self(Arc::new(Inner { key: Key::from(&master), ended: Mutex::new(HashMap::new()) }))
     }
 
     /// The valid, unexpired session the request's cookie holds, if any.
@@ -346,6 +355,19 @@ mod tests {
         // Signed out: refused from then on.
         sessions.end(&session, 2_000);
         assert!(sessions.read(&headers_with(&pair(&set_cookie)), 3_000).is_none());
+    }
+
+    #[test]
+    fn a_shared_session_key_makes_sessions_good_in_every_process() {
+        let key = SecretString::from("a session key of at least thirty-two characters".to_owned());
+        let (one, other) = (Sessions::with_secret(&key), Sessions::with_secret(&key));
+        let stranger = Sessions::with_secret(&SecretString::from("another key, also thirty-two characters".to_owned()));
+        let user = SignedInAs { org: "org_1".into(), key_hash: "ab".repeat(32) };
+        let session = Session::signed_in(user.clone(), 1_000);
+        let cookie = headers_with(&pair(&one.cookie(&session, false, 1_000)));
+        assert_eq!(other.read(&cookie, 2_000).and_then(|s| s.user), Some(user));
+        assert!(stranger.read(&cookie, 2_000).is_none());
+        assert!(Sessions::new().read(&cookie, 2_000).is_none());
     }
 
     #[test]
