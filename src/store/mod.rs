@@ -174,6 +174,28 @@ pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
 }
 
+impl DeliveryFilter {
+    /// The filter as SQL conditions (` AND endpoint_id = <p3> …`, present only for what is set, so the planner
+    /// can use the index of the column filtered on) and their values in order. Values are numbered from 3:
+    /// 1 and 2 are the organization and the cursor; the page size comes after them.
+    pub(crate) fn conditions(&self, placeholder: impl Fn(usize) -> String) -> (String, Vec<String>) {
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        let wanted = [
+            ("endpoint_id", self.endpoint_id.clone()),
+            ("event_id", self.event_id.clone()),
+            ("status", self.status.map(|s| s.as_str().to_owned())),
+        ];
+        for (column, value) in wanted {
+            if let Some(value) = value {
+                values.push(value);
+                sql.push_str(&format!(" AND {column} = {}", placeholder(2 + values.len())));
+            }
+        }
+        (sql, values)
+    }
+}
+
 /// Why an attempt was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {

@@ -17,9 +17,8 @@ use super::rows::{
     EventRow, records,
 };
 use super::{
-    AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
-    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
-    Trigger, next_columns,
+    AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, EndpointChanges, EndpointRecord, EventRecord,
+    Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError, Trigger, next_columns,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -309,20 +308,17 @@ impl Store for PostgresStore {
         filter: &DeliveryFilter,
         page: PageRequest,
     ) -> Result<Page<DeliveryRecord>> {
+        let (conditions, values) = filter.conditions(|n| format!("${n}"));
+        let limit = 3 + values.len();
         let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = $1 AND seq < $2 \
-             AND ($3::text IS NULL OR endpoint_id = $3) AND ($4::text IS NULL OR event_id = $4) \
-             AND ($5::text IS NULL OR status = $5) ORDER BY seq DESC LIMIT $6"
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = $1 AND seq < $2{conditions} \
+             ORDER BY seq DESC LIMIT ${limit}"
         );
-        let rows: Vec<DeliveryRow> = sqlx::query_as(&sql)
-            .bind(org)
-            .bind(page.before.unwrap_or(i64::MAX))
-            .bind(&filter.endpoint_id)
-            .bind(&filter.event_id)
-            .bind(filter.status.map(DeliveryStatus::as_str))
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut query = sqlx::query_as::<_, DeliveryRow>(&sql).bind(org).bind(page.before.unwrap_or(i64::MAX));
+        for value in values {
+            query = query.bind(value);
+        }
+        let rows = query.bind(i64::from(page.limit) + 1).fetch_all(&self.pool).await?;
         Ok(Page::from_rows(records(rows)?, page.limit, |d| d.seq))
     }
 

@@ -501,20 +501,19 @@ impl Store for SqliteStore {
     ) -> Result<Page<DeliveryRecord>> {
         let (org, filter) = (org.to_owned(), filter.clone());
         self.read(move |c| {
+            let (conditions, values) = filter.conditions(|n| format!("?{n}"));
+            let limit = 3 + values.len();
             let sql = format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ?1 AND seq < ?2 \
-                 AND (?3 IS NULL OR endpoint_id = ?3) AND (?4 IS NULL OR event_id = ?4) \
-                 AND (?5 IS NULL OR status = ?5) ORDER BY seq DESC LIMIT ?6"
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE org_id = ?1 AND seq < ?2{conditions} \
+                 ORDER BY seq DESC LIMIT ?{limit}"
             );
-            let args = params![
-                org,
-                page.before.unwrap_or(i64::MAX),
-                filter.endpoint_id,
-                filter.event_id,
-                filter.status.map(DeliveryStatus::as_str),
-                i64::from(page.limit) + 1
-            ];
-            let rows = c.prepare_cached(&sql)?.query_map(args, delivery)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut args: Vec<rusqlite::types::Value> = vec![org.into(), page.before.unwrap_or(i64::MAX).into()];
+            args.extend(values.into_iter().map(rusqlite::types::Value::from));
+            args.push((i64::from(page.limit) + 1).into());
+            let rows = c
+                .prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(args), delivery)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Page::from_rows(rows, page.limit, |d| d.seq))
         })
         .await
