@@ -67,7 +67,8 @@ impl PostgresStore {
         .await?;
         let insert = "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
                       created_at, updated_at) \
-                      SELECT 'dlv_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24), e.org_id, $1, e.id, \
+                      SELECT 'dlv_' || lpad(to_hex($2::bigint), 12, '0') || substr(md5(random()::text), 1, 12), \
+                             e.org_id, $1, e.id, \
                              'pending', $2, $2, $2, $2 \
                       FROM endpoints e WHERE e.org_id = $3";
         let (filter, target) = match fanout {
@@ -447,8 +448,8 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO events (id, org_id, type, payload, created_at) \
-             SELECT 'evt_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24), $2, \
-                    'candidate.interview.updated', '{}', $3 FROM generate_series(1, $1)",
+             SELECT 'evt_' || lpad(to_hex($3::bigint), 12, '0') || substr(md5(random()::text || i), 1, 12), $2, \
+                    'candidate.interview.updated', '{}', $3 FROM generate_series(1, $1) AS i",
         )
         .bind(count as i64)
         .bind(org)
@@ -458,7 +459,8 @@ impl Store for PostgresStore {
         sqlx::query(
             "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, attempt_count, scheduled_count, \
              created_at, updated_at) \
-             SELECT 'dlv_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24), org_id, id, $1, 'succeeded', \
+             SELECT 'dlv_' || lpad(to_hex(created_at), 12, '0') || substr(md5(random()::text || id), 1, 12), org_id, id, \
+                    $1, 'succeeded', \
                     1, 1, created_at, created_at \
              FROM events WHERE org_id = $2 AND payload = '{}' AND created_at = $3",
         )

@@ -80,6 +80,9 @@ fn connect(path: &str) -> Result<Connection> {
     connection.busy_timeout(Duration::from_secs(10))?;
     // FULL: a transaction is on disk when COMMIT returns, so an acknowledged write survives power loss.
     connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    // A 16 MiB page cache keeps the hot end of the tables and indexes in memory; checkpoints every 16 MiB of
+    // WAL rather than every 4 MiB copy each page back once for several batches.
+    connection.execute_batch("PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 4000;")?;
     connection.set_prepared_statement_cache_capacity(64);
     Ok(connection)
 }
@@ -266,13 +269,14 @@ fn insert_event(
             "INSERT INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?) RETURNING seq",
         )?
         .query_row(params![id, org, event_type, payload, now], |r| r.get(0))?;
-    // Delivery ids are made in SQL so one statement fans out to every endpoint.
+    // Delivery ids are made in SQL, in the form of `ids::new_id`, so one statement fans out to every endpoint.
     match fanout {
         Fanout::Subscribed => c
             .prepare_cached(
                 "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
                  created_at, updated_at) \
-                 SELECT 'dlv_' || lower(hex(randomblob(12))), e.org_id, ?1, e.id, 'pending', ?2, ?2, ?2, ?2 \
+                 SELECT 'dlv_' || printf('%012x', ?2) || lower(hex(randomblob(6))), e.org_id, ?1, e.id, 'pending', \
+                        ?2, ?2, ?2, ?2 \
                  FROM endpoints e WHERE e.org_id = ?3 AND e.enabled = 1 \
                  AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)",
             )?
@@ -281,7 +285,8 @@ fn insert_event(
             .prepare_cached(
                 "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
                  created_at, updated_at) \
-                 SELECT 'dlv_' || lower(hex(randomblob(12))), e.org_id, ?1, e.id, 'pending', ?2, ?2, ?2, ?2 \
+                 SELECT 'dlv_' || printf('%012x', ?2) || lower(hex(randomblob(6))), e.org_id, ?1, e.id, 'pending', \
+                        ?2, ?2, ?2, ?2 \
                  FROM endpoints e WHERE e.org_id = ?3 AND e.id = ?4",
             )?
             .execute(params![id, now, org, endpoint])?,
@@ -683,13 +688,15 @@ impl Store for SqliteStore {
             c.execute(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
                  INSERT INTO events (id, org_id, type, payload, created_at) \
-                 SELECT 'evt_' || lower(hex(randomblob(12))), ?2, 'candidate.interview.updated', '{}', ?3 FROM n",
+                 SELECT 'evt_' || printf('%012x', ?3) || lower(hex(randomblob(6))), ?2, \
+                        'candidate.interview.updated', '{}', ?3 FROM n",
                 params![count as i64, org, then],
             )?;
             c.execute(
                 "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, attempt_count, scheduled_count, \
                  created_at, updated_at) \
-                 SELECT 'dlv_' || lower(hex(randomblob(12))), org_id, id, ?1, 'succeeded', 1, 1, created_at, created_at \
+                 SELECT 'dlv_' || printf('%012x', created_at) || lower(hex(randomblob(6))), org_id, id, ?1, \
+                        'succeeded', 1, 1, created_at, created_at \
                  FROM events WHERE org_id = ?2 AND payload = '{}' AND created_at = ?3",
                 params![endpoint_id, org, then],
             )?;
