@@ -82,7 +82,9 @@ fn connect(path: &str) -> Result<Connection> {
     connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     // A 16 MiB page cache keeps the hot end of the tables and indexes in memory; checkpoints every 16 MiB of
     // WAL rather than every 4 MiB copy each page back once for several batches.
-    connection.execute_batch("PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 4000;")?;
+    // Savepoints journal the pages they change: in memory, not in a temporary file.
+    connection
+        .execute_batch("PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 4000; PRAGMA temp_store = MEMORY;")?;
     connection.set_prepared_statement_cache_capacity(64);
     Ok(connection)
 }
@@ -118,10 +120,12 @@ fn write_loop(connection: Connection, jobs: mpsc::Receiver<Job>) {
         let mut replies = Vec::with_capacity(batch.len());
         for job in batch {
             // Outside a transaction (BEGIN failed) a savepoint is a transaction of its own.
-            let _ = connection.execute_batch("SAVEPOINT job");
+            let _ = run_cached(&connection, "SAVEPOINT job");
             let (ok, reply) = job(&connection);
-            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-            let _ = connection.execute_batch(end);
+            if !ok {
+                let _ = run_cached(&connection, "ROLLBACK TO job");
+            }
+            let _ = run_cached(&connection, "RELEASE job");
             replies.push(reply);
         }
         let commit_error = if in_transaction {
@@ -136,6 +140,11 @@ fn write_loop(connection: Connection, jobs: mpsc::Receiver<Job>) {
             reply(commit_error.as_deref());
         }
     }
+}
+
+/// Runs a statement without parameters, prepared once per connection.
+fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    connection.prepare_cached(sql)?.execute([])
 }
 
 impl SqliteStore {
