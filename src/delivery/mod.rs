@@ -186,7 +186,7 @@ impl Dispatcher {
             tasks.spawn(attempt.run(claim));
         }
         if !overflow.is_empty()
-            && let Err(error) = self.store.release(&overflow, now_ms()).await
+            && let Err(error) = self.store.release(&overflow).await
         {
             // Their leases run out and they come due again; nothing is lost.
             tracing::warn!(%error, count = overflow.len(), "releasing claims over an endpoint's bound failed");

@@ -347,8 +347,8 @@ pub trait Store: Send + Sync + 'static {
     /// Claims up to `limit` due deliveries of enabled endpoints not in `exclude`, earliest first, leasing
     /// them until `lease_until`.
     async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>>;
-    /// Gives claimed deliveries back, due now, without an attempt.
-    async fn release(&self, claims: &[Claim], now: Millis) -> Result<()>;
+    /// Gives claimed deliveries back without an attempt: due again at once.
+    async fn release(&self, claims: &[Claim]) -> Result<()>;
     /// Logs attempts and moves their deliveries on, in one transaction. A result whose lease was taken over
     /// is still logged, but leaves the delivery's state to the newer claim.
     async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()>;

@@ -1,7 +1,9 @@
 //! The PostgreSQL store: shared by many `tidings` processes. Claims use `FOR UPDATE SKIP LOCKED` so processes
 //! never work on the same delivery at once; new work is announced with `NOTIFY` so whichever process is free
 //! picks it up at once; updates of one candidate are serialized with a transaction-scoped advisory lock.
+//! Interview updates and attempt results are written in batches, a few statements per batch.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::rows::{
@@ -29,9 +31,195 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// The channel on which new work is announced.
 const WORK_CHANNEL: &str = "tidings_work";
 
+/// Attempt results as columns, to be sent as arrays and unnested in one statement.
+#[derive(Default)]
+struct AttemptColumns {
+    delivery_id: Vec<String>,
+    lease_token: Vec<String>,
+    trigger: Vec<&'static str>,
+    started_at: Vec<i64>,
+    duration_ms: Vec<i64>,
+    status_code: Vec<Option<i64>>,
+    error: Vec<Option<String>>,
+    response_body: Vec<String>,
+    status: Vec<&'static str>,
+    next_at: Vec<Option<i64>>,
+    scheduled: Vec<i64>,
+}
+
+impl AttemptColumns {
+    fn push(&mut self, result: &AttemptResult) {
+        let a = &result.attempt;
+        let (status, next_at) = next_columns(result.next);
+        self.delivery_id.push(result.delivery_id.clone());
+        self.lease_token.push(result.lease_token.clone());
+        self.trigger.push(a.trigger.as_str());
+        self.started_at.push(a.started_at);
+        self.duration_ms.push(a.duration_ms);
+        self.status_code.push(a.status_code);
+        self.error.push(a.error.clone());
+        self.response_body.push(a.response_body.clone());
+        self.status.push(status);
+        self.next_at.push(next_at);
+        self.scheduled.push(i64::from(a.trigger == Trigger::Scheduled));
+    }
+}
+
 /// The shared store.
 pub struct PostgresStore {
     pool: PgPool,
+    /// Interview updates waiting for the group committer.
+    updates: mpsc::Sender<UpdateJob>,
+}
+
+/// One interview update waiting to be committed, and where its answer goes.
+struct UpdateJob {
+    org: String,
+    candidate_id: String,
+    patch: InterviewPatch,
+    reply: oneshot::Sender<Result<InterviewUpdate>>,
+}
+
+/// Most interview updates committed in one transaction.
+const UPDATE_BATCH: usize = 256;
+
+/// The group committer: takes every update waiting and commits them in one transaction, in a handful of
+/// statements whatever their number.
+async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>) {
+    let mut batch = Vec::with_capacity(UPDATE_BATCH);
+    while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
+        match apply_updates(&pool, &batch).await {
+            Ok(done) => {
+                for (job, update) in batch.drain(..).zip(done) {
+                    let _ = job.reply.send(Ok(update));
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Batch(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a batch of interview updates in one transaction. Every candidate in it is locked first, in one
+/// order for every process (so two processes' batches cannot deadlock), which serializes updates of a
+/// candidate across processes; updates of one candidate inside the batch apply in arrival order.
+async fn apply_updates(pool: &PgPool, jobs: &[UpdateJob]) -> Result<Vec<InterviewUpdate>> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let mut keys: Vec<String> = jobs.iter().map(|j| format!("{}/{}", j.org, j.candidate_id)).collect();
+    keys.sort();
+    keys.dedup();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k")
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+    let orgs: Vec<&str> = jobs.iter().map(|j| j.org.as_str()).collect();
+    let candidates: Vec<&str> = jobs.iter().map(|j| j.candidate_id.as_str()).collect();
+    let stored: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT org_id, candidate_id, data FROM interviews \
+         WHERE (org_id, candidate_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+    )
+    .bind(&orgs)
+    .bind(&candidates)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut current: HashMap<(String, String), (Interview, bool)> = HashMap::with_capacity(jobs.len());
+    for (org, candidate, data) in stored {
+        let interview =
+            Interview::from_json(&data).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate}")))?;
+        current.insert((org, candidate), (interview, true));
+    }
+
+    let mut updates = Vec::with_capacity(jobs.len());
+    let mut events = EventColumns::default();
+    let mut written: HashMap<(String, String), String> = HashMap::new();
+    for job in jobs {
+        let key = (job.org.clone(), job.candidate_id.clone());
+        let (interview, existed) =
+            current.get(&key).cloned().unwrap_or_else(|| (Interview::empty(&job.candidate_id), false));
+        let applied = interview.apply(&job.patch);
+        if !existed || applied.event_body.is_some() {
+            written.insert(key.clone(), applied.interview.to_json());
+            current.insert(key, (applied.interview.clone(), true));
+        }
+        let event = applied.event_body.map(|body| {
+            let id = ids::new_id(ids::EVENT);
+            events.push(&id, &job.org, &body);
+            EventRecord { seq: 0, id, event_type: interview::EVENT_TYPE.to_owned(), payload: body, created_at: now }
+        });
+        updates.push(InterviewUpdate { interview: applied.interview, event });
+    }
+
+    if !written.is_empty() {
+        let (keys, data): (Vec<(String, String)>, Vec<String>) = written.into_iter().unzip();
+        let (orgs, candidates): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO interviews (org_id, candidate_id, data, updated_at) \
+             SELECT o, c, d, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(o, c, d) \
+             ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(orgs)
+        .bind(candidates)
+        .bind(data)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !events.id.is_empty() {
+        let seqs: Vec<(String, i64)> = sqlx::query_as(
+            "INSERT INTO events (id, org_id, type, payload, created_at) \
+             SELECT i, o, $4, p, $5 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(i, o, p) \
+             RETURNING id, seq",
+        )
+        .bind(&events.id)
+        .bind(&events.org)
+        .bind(&events.payload)
+        .bind(interview::EVENT_TYPE)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let seqs: HashMap<String, i64> = seqs.into_iter().collect();
+        for event in updates.iter_mut().filter_map(|u| u.event.as_mut()) {
+            event.seq = seqs.get(&event.id).copied().unwrap_or_default();
+        }
+        sqlx::query(
+            "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, created_at, \
+                                     updated_at) \
+             SELECT 'dlv_' || lpad(to_hex($3::bigint), 12, '0') || substr(md5(random()::text), 1, 12), e.org_id, \
+                    u.i, e.id, 'pending', $3, $3, $3, $3 \
+             FROM unnest($1::text[], $2::text[]) AS u(i, o) \
+             JOIN endpoints e ON e.org_id = u.o AND e.enabled AND jsonb_exists(e.event_types::jsonb, $4)",
+        )
+        .bind(&events.id)
+        .bind(&events.org)
+        .bind(now)
+        .bind(interview::EVENT_TYPE)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(updates)
+}
+
+/// New events as columns, to be inserted in one statement.
+#[derive(Default)]
+struct EventColumns {
+    id: Vec<String>,
+    org: Vec<String>,
+    payload: Vec<String>,
+}
+
+impl EventColumns {
+    fn push(&mut self, id: &str, org: &str, payload: &str) {
+        self.id.push(id.to_owned());
+        self.org.push(org.to_owned());
+        self.payload.push(payload.to_owned());
+    }
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -42,7 +230,9 @@ impl PostgresStore {
         let pool =
             PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let (updates, jobs) = mpsc::channel(UPDATE_BATCH * 4);
+        tokio::spawn(commit_updates(pool.clone(), jobs));
+        Ok(Self { pool, updates })
     }
 
     /// Inserts an event and its deliveries inside `tx`, and announces the work on commit.
@@ -213,46 +403,10 @@ impl Store for PostgresStore {
     }
 
     async fn update_interview(&self, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        // Serializes updates of this candidate across every process, including its very first write, when
-        // there is no row yet to lock.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
-            .bind(org)
-            .bind(candidate_id)
-            .execute(&mut *tx)
-            .await?;
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT data FROM interviews WHERE org_id = $1 AND candidate_id = $2")
-                .bind(org)
-                .bind(candidate_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let existed = stored.is_some();
-        let applied = Interview::load(stored.as_deref(), candidate_id)
-            .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?
-            .apply(patch);
-        if existed && applied.event_body.is_none() {
-            return Ok(InterviewUpdate { interview: applied.interview, event: None });
-        }
-        sqlx::query(
-            "INSERT INTO interviews (org_id, candidate_id, data, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-        )
-        .bind(org)
-        .bind(candidate_id)
-        .bind(applied.interview.to_json())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let event = match &applied.event_body {
-            Some(body) => {
-                Some(Self::insert_event(&mut tx, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now).await?)
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(InterviewUpdate { interview: applied.interview, event })
+        let (reply, answer) = oneshot::channel();
+        let job = UpdateJob { org: org.to_owned(), candidate_id: candidate_id.to_owned(), patch: patch.clone(), reply };
+        self.updates.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn get_interview(&self, org: &str, candidate_id: &str) -> Result<Option<Interview>> {
@@ -338,7 +492,7 @@ impl Store for PostgresStore {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let sql = format!(
-            "UPDATE deliveries SET status = 'pending', manual = TRUE, run_at = $1, next_attempt_at = $1, \
+            "UPDATE deliveries SET status = 'pending', manual = TRUE, run_at = $1, next_attempt_at = $1, lease_until = NULL, \
              lease_token = NULL, updated_at = $1 WHERE org_id = $2 AND id = $3 RETURNING {DELIVERY_COLUMNS}"
         );
         let row: Option<DeliveryRow> =
@@ -365,12 +519,13 @@ impl Store for PostgresStore {
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH due AS ( \
                SELECT d.seq FROM deliveries d \
-               WHERE d.run_at <= $1 AND NOT (d.endpoint_id = ANY($2)) \
+               WHERE d.run_at <= $1 AND (d.lease_until IS NULL OR d.lease_until <= $1) \
+                 AND NOT (d.endpoint_id = ANY($2)) \
                  AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id AND e.enabled) \
                ORDER BY d.run_at LIMIT $3 \
                FOR UPDATE OF d SKIP LOCKED \
              ), claimed AS ( \
-               UPDATE deliveries d SET run_at = $4, lease_token = $5 FROM due WHERE d.seq = due.seq \
+               UPDATE deliveries d SET lease_until = $4, lease_token = $5 FROM due WHERE d.seq = due.seq \
                RETURNING d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual \
              ) \
              SELECT c.id, c.event_id, c.endpoint_id, c.scheduled_count, c.manual, ev.payload, e.url, e.secret, \
@@ -387,59 +542,70 @@ impl Store for PostgresStore {
         Ok(rows.into_iter().map(|row| row.into_claim(&token, now)).collect())
     }
 
-    async fn release(&self, claims: &[Claim], now: Millis) -> Result<()> {
+    async fn release(&self, claims: &[Claim]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for claim in claims {
-            sqlx::query("UPDATE deliveries SET run_at = $1, lease_token = NULL WHERE id = $2 AND lease_token = $3")
-                .bind(now)
-                .bind(&claim.delivery_id)
-                .bind(&claim.lease_token)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE id = $1 AND lease_token = $2",
+            )
+            .bind(&claim.delivery_id)
+            .bind(&claim.lease_token)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        for result in results {
-            let a = &result.attempt;
-            sqlx::query(
-                "INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
-                 response_body) SELECT id, attempt_count + 1, $1, $2, $3, $4, $5, $6 FROM deliveries WHERE id = $7",
-            )
-            .bind(a.trigger.as_str())
-            .bind(a.started_at)
-            .bind(a.duration_ms)
-            .bind(a.status_code)
-            .bind(&a.error)
-            .bind(&a.response_body)
-            .bind(&result.delivery_id)
-            .execute(&mut *tx)
-            .await?;
-            let (status, next_at) = next_columns(result.next);
-            sqlx::query(
-                "UPDATE deliveries SET attempt_count = attempt_count + 1, updated_at = $1, \
-                   scheduled_count = scheduled_count + CASE WHEN lease_token = $2 THEN $3 ELSE 0 END, \
-                   status = CASE WHEN lease_token = $2 THEN $4 ELSE status END, \
-                   next_attempt_at = CASE WHEN lease_token = $2 THEN $5 ELSE next_attempt_at END, \
-                   run_at = CASE WHEN lease_token = $2 THEN $5 ELSE run_at END, \
-                   manual = CASE WHEN lease_token = $2 THEN FALSE ELSE manual END, \
-                   lease_token = CASE WHEN lease_token = $2 THEN NULL ELSE lease_token END \
-                 WHERE id = $6",
-            )
-            .bind(now)
-            .bind(&result.lease_token)
-            .bind(i64::from(a.trigger == Trigger::Scheduled))
-            .bind(status)
-            .bind(next_at)
-            .bind(&result.delivery_id)
-            .execute(&mut *tx)
-            .await?;
+        // One statement for the whole batch. A delivery twice in one batch (a stale lease's result beside the
+        // newer one) would be numbered twice from the same snapshot, so such a batch is split.
+        let mut seen = std::collections::HashSet::with_capacity(results.len());
+        if let Some(split) = results.iter().position(|r| !seen.insert(r.delivery_id.as_str())) {
+            self.record_attempts(&results[..split]).await?;
+            return self.record_attempts(&results[split..]).await;
         }
-        tx.commit().await?;
+        let mut columns = AttemptColumns::default();
+        for result in results {
+            columns.push(result);
+        }
+        sqlx::query(
+            "WITH r AS ( \
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+                                    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
+                 AS r(delivery_id, lease_token, trigger, started_at, duration_ms, status_code, error, \
+                      response_body, status, next_at, scheduled) \
+             ), logged AS ( \
+               INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
+                                     response_body) \
+               SELECT d.id, d.attempt_count + 1, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
+                      r.response_body \
+               FROM r JOIN deliveries d ON d.id = r.delivery_id \
+             ) \
+             UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
+               scheduled_count = d.scheduled_count + CASE WHEN d.lease_token = r.lease_token THEN r.scheduled ELSE 0 END, \
+               status = CASE WHEN d.lease_token = r.lease_token THEN r.status ELSE d.status END, \
+               next_attempt_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.next_attempt_at END, \
+               run_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.run_at END, \
+               lease_until = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_until END, \
+               manual = CASE WHEN d.lease_token = r.lease_token THEN FALSE ELSE d.manual END, \
+               lease_token = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_token END \
+             FROM r WHERE d.id = r.delivery_id",
+        )
+        .bind(columns.delivery_id)
+        .bind(columns.lease_token)
+        .bind(columns.trigger)
+        .bind(columns.started_at)
+        .bind(columns.duration_ms)
+        .bind(columns.status_code)
+        .bind(columns.error)
+        .bind(columns.response_body)
+        .bind(columns.status)
+        .bind(columns.next_at)
+        .bind(columns.scheduled)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -24,7 +24,10 @@ use crate::domain::interview::{self, Interview, InterviewPatch};
 use crate::domain::time::{Millis, now_ms};
 
 /// The schema, in order; each runs once, in a transaction, and is remembered in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_lease_column.sql")),
+];
 
 /// Most writes committed in one transaction.
 const WRITE_BATCH: usize = 512;
@@ -556,7 +559,7 @@ impl Store for SqliteStore {
         let (org, id) = (org.to_owned(), id.to_owned());
         self.write(move |c| {
             let sql = format!(
-                "UPDATE deliveries SET status = 'pending', manual = 1, run_at = ?1, next_attempt_at = ?1, \
+                "UPDATE deliveries SET status = 'pending', manual = 1, run_at = ?1, next_attempt_at = ?1, lease_until = NULL, \
                  lease_token = NULL, updated_at = ?1 WHERE org_id = ?2 AND id = ?3 RETURNING {DELIVERY_COLUMNS}"
             );
             Ok(c.prepare_cached(&sql)?.query_row(params![now_ms(), org, id], delivery).optional()?)
@@ -588,9 +591,10 @@ impl Store for SqliteStore {
             let token = ids::new_id("lease");
             let claimed = c
                 .prepare_cached(
-                    "UPDATE deliveries SET run_at = ?1, lease_token = ?2 WHERE seq IN ( \
+                    "UPDATE deliveries SET lease_until = ?1, lease_token = ?2 WHERE seq IN ( \
                        SELECT d.seq FROM deliveries d \
                        WHERE d.run_at IS NOT NULL AND d.run_at <= ?3 \
+                         AND (d.lease_until IS NULL OR d.lease_until <= ?3) \
                          AND d.endpoint_id NOT IN (SELECT value FROM json_each(?4)) \
                          AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id AND e.enabled = 1) \
                        ORDER BY d.run_at LIMIT ?5) \
@@ -636,15 +640,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release(&self, claims: &[Claim], now: Millis) -> Result<()> {
+    async fn release(&self, claims: &[Claim]) -> Result<()> {
         let held: Vec<(String, String)> =
             claims.iter().map(|c| (c.delivery_id.clone(), c.lease_token.clone())).collect();
         self.write(move |c| {
             let mut release = c.prepare_cached(
-                "UPDATE deliveries SET run_at = ?, lease_token = NULL WHERE id = ? AND lease_token = ?",
+                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE id = ? AND lease_token = ?",
             )?;
             for (id, token) in held {
-                release.execute(params![now, id, token])?;
+                release.execute(params![id, token])?;
             }
             Ok(())
         })
@@ -666,6 +670,7 @@ impl Store for SqliteStore {
                    status = CASE WHEN lease_token = ?2 THEN ?4 ELSE status END, \
                    next_attempt_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE next_attempt_at END, \
                    run_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE run_at END, \
+                   lease_until = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_until END, \
                    manual = CASE WHEN lease_token = ?2 THEN 0 ELSE manual END, \
                    lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
                  WHERE id = ?6",
