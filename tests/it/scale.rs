@@ -207,3 +207,35 @@ async fn two_processes_updating_one_candidate_keep_the_chain_exact() {
     let last = apis[1].get("/v1/interviews/cand_shared").await.1;
     assert_eq!(last["interview_summary"], previous, "the stored state is the last event's `to`");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_migrate_once() {
+    let Some(db) = postgres("scale::processes_starting_together_migrate_once").await else { return };
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new(crate::process::BIN)
+                .args(["migrate", "--database", &db.url])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn tidings migrate")
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().expect("tidings migrate ends");
+        assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    // Each migration is recorded once, and the schema works.
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&mut connection).await.unwrap();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres")).unwrap().count();
+    assert_eq!(applied as usize, files);
+    let key = create_org(&db.url, "after a crowded start");
+    assert!(key.starts_with("tdk_"));
+    let dir = tempfile::tempdir().unwrap();
+    let servers = start_servers(&db.url, 1, &[], &dir.path().join("serve.log")).await;
+    let (status, _) = api_of(&servers[0], &key).get("/v1/endpoints").await;
+    assert_eq!(status, axum::http::StatusCode::OK);
+}
