@@ -191,6 +191,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     progress("throughput: interview updates to one endpoint");
     let api = Api::new(&client, &server.base, &database, "bench-throughput").await?;
     let endpoint = api.endpoint(&receiver_url).await?;
+    // A warm-up, not measured: connection pools, page caches and the WAL reach their working size.
+    deliver(&api, &sink, "w", (args.n / 10).max(1), 1, args.concurrency, args.phase_timeout).await?;
     let (ingest, delivery) = deliver(&api, &sink, "t", args.n, 1, args.concurrency, args.phase_timeout).await?;
     report.ingest_per_s = ingest;
     report.delivery_per_s = delivery;
