@@ -18,7 +18,7 @@ pub struct ListenArgs {
     #[arg(long, env = "TIDINGS_LISTEN_PORT", default_value_t = 9000)]
     port: u16,
     /// The endpoint's signing secret (`whsec_…`); when given, every signature is checked.
-    #[arg(long, env = "TIDINGS_LISTEN_SECRET")]
+    #[arg(long, env = "TIDINGS_LISTEN_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// The status code to answer with.
     #[arg(long, default_value_t = 200)]
