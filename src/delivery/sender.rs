@@ -102,6 +102,8 @@ impl Sender {
         let client = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would connect on our behalf, past the address check below.
+            .no_proxy()
             .dns_resolver(std::sync::Arc::new(PolicyResolver { allow_private }))
             .pool_max_idle_per_host(pool_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
