@@ -79,7 +79,7 @@ impl Readers {
 
 fn connect(path: &str) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection = Connection::open_with_flags(path.strip_prefix("sqlite://").unwrap_or(path), flags)?;
+    let connection = Connection::open_with_flags(path, flags)?;
     connection.busy_timeout(Duration::from_secs(10))?;
     // FULL: a transaction is on disk when COMMIT returns, so an acknowledged write survives power loss.
     connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
@@ -145,6 +145,12 @@ fn write_loop(connection: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// The file a `--database` value names: a plain path, or a `sqlite:` / `sqlite://` URL (any `?options` ignored).
+fn file_path(database: &str) -> &str {
+    let path = database.strip_prefix("sqlite://").or_else(|| database.strip_prefix("sqlite:")).unwrap_or(database);
+    if database.starts_with("sqlite:") { path.split('?').next().unwrap_or(path) } else { path }
+}
+
 /// Runs a statement without parameters, prepared once per connection.
 fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<usize> {
     connection.prepare_cached(sql)?.execute([])
@@ -153,7 +159,7 @@ fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<usize> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `database` (a path or a `sqlite:` URL) and migrates it.
     pub async fn open(database: &str) -> Result<Self> {
-        let path = database.strip_prefix("sqlite:").unwrap_or(database).to_owned();
+        let path = file_path(database).to_owned();
         let writer_path = path.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<Connection> {
             let mut connection = connect(&writer_path)?;
@@ -725,5 +731,20 @@ impl Store for SqliteStore {
                 .query_row([now], |r| r.get(0))?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_path;
+
+    #[test]
+    fn database_values_name_files() {
+        assert_eq!(file_path("tidings.db"), "tidings.db");
+        assert_eq!(file_path("/var/lib/tidings/t.db"), "/var/lib/tidings/t.db");
+        assert_eq!(file_path("sqlite:tidings.db"), "tidings.db");
+        assert_eq!(file_path("sqlite://tidings.db?mode=rwc"), "tidings.db");
+        assert_eq!(file_path("sqlite:///var/lib/t.db"), "/var/lib/t.db");
+        assert_eq!(file_path("odd?name.db"), "odd?name.db");
     }
 }
