@@ -37,7 +37,7 @@ pub async fn run(
             endpoint_concurrency: config.endpoint_concurrency,
             attempt_timeout: config.attempt_timeout,
             poll_interval: config.poll_interval,
-            retry: RetryPolicy { schedule: config.retry_schedule.clone(), jitter: config.retry_jitter },
+            retry: Arc::new(RetryPolicy { schedule: config.retry_schedule.clone(), jitter: config.retry_jitter }),
         };
         let dispatcher = Dispatcher::new(store.clone(), sender, worker_config, wake.clone(), metrics.clone());
         Some(tokio::spawn(dispatcher.run(stop.clone())))

@@ -34,7 +34,8 @@ pub struct WorkerConfig {
     pub endpoint_concurrency: usize,
     pub attempt_timeout: Duration,
     pub poll_interval: Duration,
-    pub retry: RetryPolicy,
+    /// Shared by every attempt's task rather than copied into each.
+    pub retry: Arc<RetryPolicy>,
 }
 
 /// Attempts in flight in this process.
@@ -215,7 +216,7 @@ impl Dispatcher {
 /// One attempt's task, with what it needs once the claim loop has moved on.
 struct Attempt {
     sender: Sender,
-    retry: RetryPolicy,
+    retry: Arc<RetryPolicy>,
     results: mpsc::Sender<AttemptResult>,
     in_flight: Arc<Mutex<InFlight>>,
     wake: Arc<Notify>,
@@ -256,9 +257,10 @@ async fn record_loop(
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let results: Arc<[AttemptResult]> = batch.drain(..).collect();
         let mut tries = 0;
         loop {
-            match store.record_attempts(&batch).await {
+            match store.record_attempts(results.clone()).await {
                 Ok(()) => break,
                 Err(error) if tries < 5 => {
                     tries += 1;
@@ -266,19 +268,18 @@ async fn record_loop(
                     tokio::time::sleep(Duration::from_millis(100 * tries)).await;
                 }
                 Err(error) => {
-                    tracing::error!(%error, count = batch.len(), "recording attempts failed; their leases will expire");
+                    tracing::error!(%error, count = results.len(), "recording attempts failed; their leases will expire");
                     break;
                 }
             }
         }
-        for result in &batch {
+        for result in results.iter() {
             metrics.attempt_recorded(&result.attempt, result.next);
         }
         {
             let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            in_flight.total = in_flight.total.saturating_sub(batch.len());
+            in_flight.total = in_flight.total.saturating_sub(results.len());
         }
-        batch.clear();
         // Slots are free and recorded retries change when work is next due: let the claim loop look again.
         wake.notify_one();
     }

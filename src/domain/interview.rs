@@ -115,15 +115,6 @@ impl Interview {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The current state of a candidate from its stored form, or all-null when it was never written;
-    /// `None` if the stored form is damaged.
-    pub fn load(stored: Option<&str>, candidate_id: &str) -> Option<Self> {
-        match stored {
-            Some(text) => Self::from_json(text),
-            None => Some(Self::empty(candidate_id)),
-        }
-    }
-
     /// Reads the stored form back; `None` if it is not an interview (which only a damaged store produces).
     pub fn from_json(text: &str) -> Option<Self> {
         let value: Value = serde_json::from_str(text).ok()?;

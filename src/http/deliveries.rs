@@ -9,7 +9,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{List, Org, PathId};
 use super::views::{AttemptView, DeliveryView, ListView};
-use crate::domain::{Invalid, ids};
+use crate::domain::Invalid;
 use crate::store::{DeliveryFilter, DeliveryStatus};
 
 pub async fn list_deliveries(
@@ -38,10 +38,7 @@ pub async fn get_delivery(
     Org(org): Org,
     PathId(id): PathId,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    if !ids::has_prefix(&id, ids::DELIVERY) {
-        return Err(ApiError::NotFound("delivery"));
-    }
-    let (delivery, attempts) = state.store.get_delivery(&org, &id).await?.ok_or(ApiError::NotFound("delivery"))?;
+    let (delivery, attempts) = state.delivery(&org, &id).await?.ok_or(ApiError::NotFound("delivery"))?;
     let mut view = DeliveryView::from(&delivery);
     view.attempts = Some(attempts.iter().map(AttemptView::from).collect());
     Ok(Json(view))
@@ -52,10 +49,6 @@ pub async fn retry_delivery(
     Org(org): Org,
     PathId(id): PathId,
 ) -> Result<impl IntoResponse, ApiError> {
-    if !ids::has_prefix(&id, ids::DELIVERY) {
-        return Err(ApiError::NotFound("delivery"));
-    }
-    let delivery = state.store.request_retry(&org, &id).await?.ok_or(ApiError::NotFound("delivery"))?;
-    state.wake.notify_one();
+    let delivery = state.retry_delivery(&org, &id).await?.ok_or(ApiError::NotFound("delivery"))?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryView::from(&delivery))))
 }

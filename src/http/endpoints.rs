@@ -9,14 +9,14 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
+use super::actions::{TEST_ON_DISABLED, TestEvent};
 use super::error::ApiError;
 use super::extract::{Fields, JsonBody, List, Org, PathId};
 use super::views::{DeliveryView, EndpointView, ListView};
 use crate::domain::endpoint::{EndpointUrl, parse_event_types, validate_description};
-use crate::domain::interview::{EVENT_TYPE, EXAMPLE_BODY};
-use crate::domain::time::now_ms;
-use crate::domain::{ids, signing};
-use crate::store::{EndpointChanges, EndpointRecord, Fanout, NewEndpoint};
+use crate::domain::interview::EVENT_TYPE;
+use crate::domain::signing;
+use crate::store::{EndpointChanges, EndpointRecord, NewEndpoint};
 
 const FIELDS: [&str; 4] = ["url", "description", "event_types", "enabled"];
 
@@ -29,10 +29,7 @@ struct CreatedEndpoint {
 
 /// The caller's endpoint with this id, or 404.
 async fn find(state: &AppState, org: &str, id: &str) -> Result<EndpointRecord, ApiError> {
-    if !ids::has_prefix(id, ids::ENDPOINT) {
-        return Err(ApiError::NotFound("endpoint"));
-    }
-    state.store.get_endpoint(org, id).await?.ok_or(ApiError::NotFound("endpoint"))
+    state.endpoint(org, id).await?.ok_or(ApiError::NotFound("endpoint"))
 }
 
 pub async fn create_endpoint(
@@ -131,13 +128,7 @@ pub async fn rotate_secret(
     Org(org): Org,
     PathId(id): PathId,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    find(&state, &org, &id).await?;
-    let previous_until = now_ms() + state.config.secret_grace.as_millis() as i64;
-    let endpoint = state
-        .store
-        .rotate_secret(&org, &id, signing::generate_secret(), previous_until)
-        .await?
-        .ok_or(ApiError::NotFound("endpoint"))?;
+    let endpoint = state.rotate_secret(&org, &id).await?.ok_or(ApiError::NotFound("endpoint"))?;
     Ok(Json(json!({ "secret": endpoint.secret.expose_secret() })))
 }
 
@@ -147,14 +138,9 @@ pub async fn test_endpoint(
     PathId(id): PathId,
 ) -> Result<impl IntoResponse, ApiError> {
     let endpoint = find(&state, &org, &id).await?;
-    if !endpoint.enabled {
-        return Err(ApiError::Conflict(
-            "endpoint_disabled",
-            "the endpoint is disabled; enable it to send a test event".into(),
-        ));
+    match state.send_test_event(&org, &endpoint).await? {
+        TestEvent::Sent(delivery) => Ok((StatusCode::ACCEPTED, Json(DeliveryView::from(&delivery)))),
+        TestEvent::Disabled => Err(ApiError::Conflict("endpoint_disabled", TEST_ON_DISABLED.into())),
+        TestEvent::Gone => Err(ApiError::NotFound("endpoint")),
     }
-    let (_, deliveries) = state.store.create_event(&org, EVENT_TYPE, EXAMPLE_BODY, Fanout::Endpoint(id)).await?;
-    state.event_written(EVENT_TYPE);
-    let delivery = deliveries.first().ok_or(ApiError::NotFound("endpoint"))?;
-    Ok((StatusCode::ACCEPTED, Json(DeliveryView::from(delivery))))
 }

@@ -12,6 +12,7 @@ use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+pub mod actions;
 mod calls;
 mod deliveries;
 mod endpoints;

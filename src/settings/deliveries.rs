@@ -14,8 +14,8 @@ use super::session::SignedIn;
 use super::views::{AttemptRow, Choice, DeliveriesPage, DeliveryPage, DeliveryRow, Layout, Time};
 use super::webhooks::api_message;
 use super::{SettingsError, render, see_other};
+use crate::domain::Invalid;
 use crate::domain::time::now_ms;
-use crate::domain::{Invalid, ids};
 use crate::http::AppState;
 use crate::http::extract::MAX_LIMIT;
 use crate::store::{AttemptRecord, DeliveryFilter, DeliveryStatus, EndpointRecord, PageRequest, Trigger};
@@ -166,11 +166,8 @@ pub async fn show_delivery(
     Path(id): Path<String>,
     Query(query): Query<DeliveryQuery>,
 ) -> Result<Response, SettingsError> {
-    if !ids::has_prefix(&id, ids::DELIVERY) {
-        return Err(SettingsError::NotFound("delivery"));
-    }
     let org = &signed_in.org;
-    let (delivery, attempts) = state.store.get_delivery(org, &id).await?.ok_or(SettingsError::NotFound("delivery"))?;
+    let (delivery, attempts) = state.delivery(org, &id).await?.ok_or(SettingsError::NotFound("delivery"))?;
     let event = state.store.get_event(org, &delivery.event_id).await?;
     let endpoint = state.store.get_endpoint(org, &delivery.endpoint_id).await?;
     let mut layout = Layout::new(format!("Delivery {id}"), &signed_in.session.token, true, "deliveries");
@@ -216,12 +213,7 @@ pub async fn retry_delivery(
     Path(id): Path<String>,
     _form: Form,
 ) -> Result<Response, SettingsError> {
-    if !ids::has_prefix(&id, ids::DELIVERY) {
-        return Err(SettingsError::NotFound("delivery"));
-    }
-    state.store.request_retry(&signed_in.org, &id).await?.ok_or(SettingsError::NotFound("delivery"))?;
-    // As the API does: the local workers claim it at once.
-    state.wake.notify_one();
+    state.retry_delivery(&signed_in.org, &id).await?.ok_or(SettingsError::NotFound("delivery"))?;
     Ok(see_other(format!("/settings/deliveries/{id}?done=retried")))
 }
 

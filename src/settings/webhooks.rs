@@ -18,11 +18,12 @@ use super::views::{
 };
 use super::{SettingsError, render, see_other};
 use crate::domain::endpoint::{EndpointUrl, parse_event_types, validate_description};
-use crate::domain::interview::{EVENT_TYPE, EXAMPLE_BODY};
+use crate::domain::interview::EVENT_TYPE;
 use crate::domain::time::now_ms;
-use crate::domain::{Invalid, ids, signing};
+use crate::domain::{Invalid, signing};
 use crate::http::AppState;
-use crate::store::{EndpointChanges, EndpointRecord, Fanout, NewEndpoint, PageRequest};
+use crate::http::actions::{TEST_ON_DISABLED, TestEvent};
+use crate::store::{EndpointChanges, EndpointRecord, NewEndpoint, PageRequest};
 
 /// Endpoints per page of the list.
 const PAGE_SIZE: u32 = 50;
@@ -59,10 +60,7 @@ pub struct WebhookQuery {
 
 /// The signed-in organization's endpoint with this id, or 404.
 async fn find(state: &AppState, org: &str, id: &str) -> Result<EndpointRecord, SettingsError> {
-    if !ids::has_prefix(id, ids::ENDPOINT) {
-        return Err(SettingsError::NotFound("webhook"));
-    }
-    state.store.get_endpoint(org, id).await?.ok_or(SettingsError::NotFound("webhook"))
+    state.endpoint(org, id).await?.ok_or(SettingsError::NotFound("webhook"))
 }
 
 /// The webhook form as sent.
@@ -302,13 +300,7 @@ pub async fn rotate_webhook_secret(
     Path(id): Path<String>,
     _form: Form,
 ) -> Result<Response, SettingsError> {
-    find(&state, &signed_in.org, &id).await?;
-    let previous_until = now_ms() + state.config.secret_grace.as_millis() as i64;
-    state
-        .store
-        .rotate_secret(&signed_in.org, &id, signing::generate_secret(), previous_until)
-        .await?
-        .ok_or(SettingsError::NotFound("webhook"))?;
+    state.rotate_secret(&signed_in.org, &id).await?.ok_or(SettingsError::NotFound("webhook"))?;
     Ok(see_other(format!("/settings/webhooks/{id}?done=rotated&reveal=1#secret")))
 }
 
@@ -319,15 +311,16 @@ pub async fn test_webhook(
     _form: Form,
 ) -> Result<Response, SettingsError> {
     let endpoint = find(&state, &signed_in.org, &id).await?;
-    if !endpoint.enabled {
-        let mut page = webhook_page(&state, &signed_in, &endpoint, stored_fields(&endpoint), false);
-        // The API's message for the same refusal (409 endpoint_disabled).
-        page.test_error = Some("the endpoint is disabled; enable it to send a test event".into());
-        return render(StatusCode::CONFLICT, &page);
+    match state.send_test_event(&signed_in.org, &endpoint).await? {
+        TestEvent::Sent(delivery) => {
+            Ok(see_other(format!("/settings/deliveries/{}?done=test-sent", encode(&delivery.id))))
+        }
+        TestEvent::Disabled => {
+            let mut page = webhook_page(&state, &signed_in, &endpoint, stored_fields(&endpoint), false);
+            // The API's message for the same refusal (409 endpoint_disabled).
+            page.test_error = Some(TEST_ON_DISABLED.into());
+            render(StatusCode::CONFLICT, &page)
+        }
+        TestEvent::Gone => Err(SettingsError::NotFound("webhook")),
     }
-    let (_, deliveries) =
-        state.store.create_event(&signed_in.org, EVENT_TYPE, EXAMPLE_BODY, Fanout::Endpoint(id)).await?;
-    state.event_written(EVENT_TYPE);
-    let delivery = deliveries.first().ok_or(SettingsError::NotFound("webhook"))?;
-    Ok(see_other(format!("/settings/deliveries/{}?done=test-sent", encode(&delivery.id))))
 }

@@ -279,6 +279,11 @@ pub(crate) fn next_columns(next: Next) -> (&'static str, Option<Millis>) {
     }
 }
 
+/// An interview read back from its stored form; a form that does not read is a damaged store.
+pub(crate) fn stored_interview(text: &str, candidate_id: &str) -> Result<Interview> {
+    Interview::from_json(text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))
+}
+
 /// The interview after an update, and the event it caused (none when nothing changed).
 #[derive(Debug, Clone)]
 pub struct InterviewUpdate {
@@ -349,9 +354,10 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>>;
     /// Gives claimed deliveries back without an attempt: due again at once.
     async fn release(&self, claims: &[Claim]) -> Result<()>;
-    /// Logs attempts and moves their deliveries on, in one transaction. A result whose lease was taken over
+    /// Logs attempts and moves their deliveries on, in one transaction. The batch is shared, not copied, so
+    /// a writer on another thread can hold it and a failed write can be tried again with the same batch. A result whose lease was taken over
     /// is still logged, but leaves the delivery's state to the newer claim.
-    async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()>;
+    async fn record_attempts(&self, results: Arc<[AttemptResult]>) -> Result<()>;
     /// The earliest time after `now` at which a delivery becomes due.
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>>;
 

@@ -21,6 +21,7 @@ use super::rows::{
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, EndpointChanges, EndpointRecord, EventRecord,
     Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError, Trigger, next_columns,
+    stored_interview,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -129,8 +130,7 @@ async fn apply_updates(pool: &PgPool, jobs: &[UpdateJob]) -> Result<Vec<Intervie
     .await?;
     let mut current: HashMap<(String, String), (Interview, bool)> = HashMap::with_capacity(jobs.len());
     for (org, candidate, data) in stored {
-        let interview =
-            Interview::from_json(&data).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate}")))?;
+        let interview = stored_interview(&data, &candidate)?;
         current.insert((org, candidate), (interview, true));
     }
 
@@ -277,6 +277,61 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Records a batch of attempt results in one statement.
+    async fn record_slice(&self, results: &[AttemptResult]) -> Result<()> {
+        // One statement for the whole batch. A delivery twice in one batch (a stale lease's result beside the
+        // newer one) would be numbered twice from the same snapshot, so such a batch is split.
+        let mut seen = std::collections::HashSet::with_capacity(results.len());
+        if let Some(split) = results.iter().position(|r| !seen.insert(r.delivery_id.as_str())) {
+            Box::pin(self.record_slice(&results[..split])).await?;
+            return Box::pin(self.record_slice(&results[split..])).await;
+        }
+        let mut columns = AttemptColumns::default();
+        for result in results {
+            columns.push(result);
+        }
+        sqlx::query(
+            "WITH r AS ( \
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+                                    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
+                 AS r(delivery_id, lease_token, trigger, started_at, duration_ms, status_code, error, \
+                      response_body, status, next_at, scheduled) \
+             ), logged AS ( \
+               INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
+                                     response_body) \
+               SELECT d.id, d.attempt_count + 1, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
+                      r.response_body \
+               FROM r JOIN deliveries d ON d.id = r.delivery_id \
+             ) \
+             UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
+               scheduled_count = d.scheduled_count + CASE WHEN d.lease_token = r.lease_token THEN r.scheduled ELSE 0 END, \
+               status = CASE WHEN d.lease_token = r.lease_token THEN r.status ELSE d.status END, \
+               next_attempt_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.next_attempt_at END, \
+               run_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.run_at END, \
+               lease_until = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_until END, \
+               manual = CASE WHEN d.lease_token = r.lease_token THEN FALSE ELSE d.manual END, \
+               lease_token = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_token END \
+             FROM r WHERE d.id = r.delivery_id",
+        )
+        .bind(columns.delivery_id)
+        .bind(columns.lease_token)
+        .bind(columns.trigger)
+        .bind(columns.started_at)
+        .bind(columns.duration_ms)
+        .bind(columns.status_code)
+        .bind(columns.error)
+        .bind(columns.response_body)
+        .bind(columns.status)
+        .bind(columns.next_at)
+        .bind(columns.scheduled)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
@@ -416,11 +471,7 @@ impl Store for PostgresStore {
                 .bind(candidate_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        stored
-            .map(|text| {
-                Interview::from_json(&text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))
-            })
-            .transpose()
+        stored.map(|text| stored_interview(&text, candidate_id)).transpose()
     }
 
     async fn create_event(
@@ -557,56 +608,8 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
-        // One statement for the whole batch. A delivery twice in one batch (a stale lease's result beside the
-        // newer one) would be numbered twice from the same snapshot, so such a batch is split.
-        let mut seen = std::collections::HashSet::with_capacity(results.len());
-        if let Some(split) = results.iter().position(|r| !seen.insert(r.delivery_id.as_str())) {
-            self.record_attempts(&results[..split]).await?;
-            return self.record_attempts(&results[split..]).await;
-        }
-        let mut columns = AttemptColumns::default();
-        for result in results {
-            columns.push(result);
-        }
-        sqlx::query(
-            "WITH r AS ( \
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
-                                    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
-                 AS r(delivery_id, lease_token, trigger, started_at, duration_ms, status_code, error, \
-                      response_body, status, next_at, scheduled) \
-             ), logged AS ( \
-               INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
-                                     response_body) \
-               SELECT d.id, d.attempt_count + 1, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
-                      r.response_body \
-               FROM r JOIN deliveries d ON d.id = r.delivery_id \
-             ) \
-             UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
-               scheduled_count = d.scheduled_count + CASE WHEN d.lease_token = r.lease_token THEN r.scheduled ELSE 0 END, \
-               status = CASE WHEN d.lease_token = r.lease_token THEN r.status ELSE d.status END, \
-               next_attempt_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.next_attempt_at END, \
-               run_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.run_at END, \
-               lease_until = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_until END, \
-               manual = CASE WHEN d.lease_token = r.lease_token THEN FALSE ELSE d.manual END, \
-               lease_token = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_token END \
-             FROM r WHERE d.id = r.delivery_id",
-        )
-        .bind(columns.delivery_id)
-        .bind(columns.lease_token)
-        .bind(columns.trigger)
-        .bind(columns.started_at)
-        .bind(columns.duration_ms)
-        .bind(columns.status_code)
-        .bind(columns.error)
-        .bind(columns.response_body)
-        .bind(columns.status)
-        .bind(columns.next_at)
-        .bind(columns.scheduled)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    async fn record_attempts(&self, results: Arc<[AttemptResult]>) -> Result<()> {
+        self.record_slice(&results).await
     }
 
     async fn seed_history(&self, org: &str, endpoint_id: &str, count: u64) -> Result<()> {

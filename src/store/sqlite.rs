@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
     EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
-    Trigger, next_columns,
+    Trigger, next_columns, stored_interview,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -320,9 +320,11 @@ fn apply_update(c: &Connection, org: &str, candidate_id: &str, patch: &Interview
         .query_row(params![org, candidate_id], |r| r.get(0))
         .optional()?;
     let existed = stored.is_some();
-    let applied = Interview::load(stored.as_deref(), candidate_id)
-        .ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))?
-        .apply(patch);
+    let current = match &stored {
+        Some(text) => stored_interview(text, candidate_id)?,
+        None => Interview::empty(candidate_id),
+    };
+    let applied = current.apply(patch);
     if existed && applied.event_body.is_none() {
         return Ok(InterviewUpdate { interview: applied.interview, event: None });
     }
@@ -465,11 +467,7 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")?
                 .query_row(params![org, candidate_id], |r| r.get(0))
                 .optional()?;
-            stored
-                .map(|text| {
-                    Interview::from_json(&text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))
-                })
-                .transpose()
+            stored.map(|text| stored_interview(&text, &candidate_id)).transpose()
         })
         .await
     }
@@ -661,8 +659,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
-        let results = results.to_vec();
+    async fn record_attempts(&self, results: Arc<[AttemptResult]>) -> Result<()> {
         self.write(move |c| {
             let now = now_ms();
             // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile.
@@ -681,7 +678,7 @@ impl Store for SqliteStore {
                    lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
                  WHERE id = ?6",
             )?;
-            for result in &results {
+            for result in results.iter() {
                 let a = &result.attempt;
                 log.execute(params![
                     a.trigger.as_str(),

@@ -83,12 +83,12 @@ on_both_stores! {
         assert_eq!(second.len(), 1);
         assert_ne!(second[0].lease_token, first[0].lease_token);
 
-        f.store.record_attempts(&[result(&first[0], Next::Undeliverable)]).await.unwrap();
+        f.store.record_attempts(Arc::from([result(&first[0], Next::Undeliverable)])).await.unwrap();
         let (delivery, attempts) = f.store.get_delivery(&f.org, &first[0].delivery_id).await.unwrap().unwrap();
         assert_eq!(delivery.status, DeliveryStatus::Pending, "the stale lease must not finish the delivery");
         assert_eq!(attempts.len(), 1);
 
-        f.store.record_attempts(&[result(&second[0], Next::Succeeded)]).await.unwrap();
+        f.store.record_attempts(Arc::from([result(&second[0], Next::Succeeded)])).await.unwrap();
         let (delivery, attempts) = f.store.get_delivery(&f.org, &first[0].delivery_id).await.unwrap().unwrap();
         assert_eq!(delivery.status, DeliveryStatus::Succeeded);
         assert_eq!(delivery.attempt_count, 2);
@@ -133,12 +133,12 @@ on_both_stores! {
         let claim = f.store.claim_due(NOW, NOW + 1_000, 10, &[]).await.unwrap().remove(0);
         assert_eq!(claim.trigger, Trigger::Scheduled);
         assert_eq!(claim.scheduled_count, 0);
-        f.store.record_attempts(&[result(&claim, Next::RetryAt(NOW + 5_000))]).await.unwrap();
+        f.store.record_attempts(Arc::from([result(&claim, Next::RetryAt(NOW + 5_000))])).await.unwrap();
         assert_eq!(f.store.next_due_after(NOW).await.unwrap(), Some(NOW + 5_000));
         assert!(f.store.claim_due(NOW + 4_999, NOW + 9_000, 10, &[]).await.unwrap().is_empty());
         let again = f.store.claim_due(NOW + 5_000, NOW + 9_000, 10, &[]).await.unwrap().remove(0);
         assert_eq!(again.scheduled_count, 1);
-        f.store.record_attempts(&[result(&again, Next::Undeliverable)]).await.unwrap();
+        f.store.record_attempts(Arc::from([result(&again, Next::Undeliverable)])).await.unwrap();
 
         // A manual retry makes it due now, as a manual attempt.
         let retried = f.store.request_retry(&f.org, &claim.delivery_id).await.unwrap().unwrap();
@@ -162,7 +162,7 @@ on_both_stores! {
         f.events(3).await;
         let claims = f.store.claim_due(NOW, NOW + 1_000, 1, &[]).await.unwrap();
         assert!(f.store.delete_endpoint(&f.org, &endpoint).await.unwrap());
-        f.store.record_attempts(&[result(&claims[0], Next::Succeeded)]).await.unwrap();
+        f.store.record_attempts(Arc::from([result(&claims[0], Next::Succeeded)])).await.unwrap();
         assert!(f.store.claim_due(NOW + 5_000, NOW + 6_000, 10, &[]).await.unwrap().is_empty());
         let all = DeliveryFilter::default();
         let page = f.store.list_deliveries(&f.org, &all, PageRequest { limit: 10, before: None }).await.unwrap();

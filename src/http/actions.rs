@@ -1,0 +1,77 @@
+//! What the JSON API and the Developer Settings pages both do: each action once, so the two surfaces cannot
+//! drift apart (an id that cannot exist answers nothing without a query; writes that make work wake the workers).
+
+use super::AppState;
+use crate::domain::ids;
+use crate::domain::interview::{EVENT_TYPE, EXAMPLE_BODY};
+use crate::domain::signing;
+use crate::domain::time::now_ms;
+use crate::store::{AttemptRecord, DeliveryRecord, EndpointRecord, Fanout, StoreError};
+
+/// Why a test event is refused, in the words both surfaces show.
+pub const TEST_ON_DISABLED: &str = "the endpoint is disabled; enable it to send a test event";
+
+/// What sending a test event did.
+pub enum TestEvent {
+    /// The delivery to the endpoint, due now.
+    Sent(DeliveryRecord),
+    /// The endpoint is disabled, so nothing was sent.
+    Disabled,
+    /// The endpoint was deleted meanwhile.
+    Gone,
+}
+
+impl AppState {
+    /// The organization's endpoint with this id.
+    pub async fn endpoint(&self, org: &str, id: &str) -> Result<Option<EndpointRecord>, StoreError> {
+        if !ids::has_prefix(id, ids::ENDPOINT) {
+            return Ok(None);
+        }
+        self.store.get_endpoint(org, id).await
+    }
+
+    /// The organization's delivery with this id, with its attempts.
+    pub async fn delivery(
+        &self,
+        org: &str,
+        id: &str,
+    ) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
+        if !ids::has_prefix(id, ids::DELIVERY) {
+            return Ok(None);
+        }
+        self.store.get_delivery(org, id).await
+    }
+
+    /// A new signing secret for the endpoint; the old one keeps signing for the configured grace period.
+    pub async fn rotate_secret(&self, org: &str, id: &str) -> Result<Option<EndpointRecord>, StoreError> {
+        if !ids::has_prefix(id, ids::ENDPOINT) {
+            return Ok(None);
+        }
+        let previous_until = now_ms() + self.config.secret_grace.as_millis() as i64;
+        self.store.rotate_secret(org, id, signing::generate_secret(), previous_until).await
+    }
+
+    /// Sends the document's example `interview.updated` body to this endpoint alone.
+    pub async fn send_test_event(&self, org: &str, endpoint: &EndpointRecord) -> Result<TestEvent, StoreError> {
+        if !endpoint.enabled {
+            return Ok(TestEvent::Disabled);
+        }
+        let target = Fanout::Endpoint(endpoint.id.clone());
+        let (_, deliveries) = self.store.create_event(org, EVENT_TYPE, EXAMPLE_BODY, target).await?;
+        self.event_written(EVENT_TYPE);
+        // One delivery, to this endpoint, unless it was deleted in between.
+        Ok(deliveries.into_iter().next().map_or(TestEvent::Gone, TestEvent::Sent))
+    }
+
+    /// Makes a delivery due now for one manual attempt, whatever its status, and wakes the workers.
+    pub async fn retry_delivery(&self, org: &str, id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        if !ids::has_prefix(id, ids::DELIVERY) {
+            return Ok(None);
+        }
+        let delivery = self.store.request_retry(org, id).await?;
+        if delivery.is_some() {
+            self.wake.notify_one();
+        }
+        Ok(delivery)
+    }
+}
