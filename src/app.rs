@@ -9,12 +9,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
-use crate::delivery::{Dispatcher, Sender, WorkerConfig};
+use crate::delivery::{Dispatcher, Sender, WorkerConfig, lease_for};
 use crate::domain::apikey;
 use crate::domain::retry::RetryPolicy;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
-use crate::store;
+use crate::store::{self, Handoff};
 
 /// Runs the service on `listener` until `shutdown` resolves: the API (unless `config.api` is false, when only
 /// health and metrics are served) and the delivery workers (unless `config.workers` is false). On shutdown
@@ -25,13 +25,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let store = store::open(&config.database).await?;
     let wake = Arc::new(Notify::new());
+    // A process that delivers takes the deliveries it writes straight to its own workers.
+    let handoff = config
+        .workers
+        .then(|| Arc::new(Handoff::new(config.max_in_flight, lease_for(config.attempt_timeout), wake.clone())));
+    let store = store::open_with(&config.database, handoff.clone()).await?;
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();
 
     let workers = if config.workers {
-        let sender = Sender::new(config.attempt_timeout, config.allow_private_targets, config.endpoint_concurrency)?;
+        // Every attempt in flight may go to one host (endpoints often share one), and each connection it used
+        // should stay open for the next: a smaller idle pool closes and reopens connections under load.
+        let sender = Sender::new(config.attempt_timeout, config.allow_private_targets, config.max_in_flight)?;
         let worker_config = WorkerConfig {
             max_in_flight: config.max_in_flight,
             endpoint_concurrency: config.endpoint_concurrency,
@@ -39,7 +45,7 @@ pub async fn run(
             poll_interval: config.poll_interval,
             retry: Arc::new(RetryPolicy { schedule: config.retry_schedule.clone(), jitter: config.retry_jitter }),
         };
-        let dispatcher = Dispatcher::new(store.clone(), sender, worker_config, wake.clone(), metrics.clone());
+        let dispatcher = Dispatcher::new(store.clone(), sender, worker_config, wake.clone(), metrics.clone(), handoff);
         Some(tokio::spawn(dispatcher.run(stop.clone())))
     } else {
         None

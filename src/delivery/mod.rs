@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::time::{Millis, now_ms};
 use crate::metrics::Metrics;
-use crate::store::{AttemptResult, Claim, Store, Trigger};
+use crate::store::{AttemptResult, Claim, Handoff, Store, Trigger};
 pub use sender::Sender;
 
 /// Most deliveries claimed in one query.
@@ -26,6 +26,14 @@ const CLAIM_BATCH: usize = 128;
 const RECORD_BATCH: usize = 512;
 /// How much longer than the attempt timeout a claim is held: time to record the result.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// The least time left on a handed-off claim's lease, beyond the attempt timeout, for it to be started.
+const START_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long a claim is held: past it, any process may take the delivery again. Longer than any attempt can
+/// take, so a live worker's claim never expires under it.
+pub fn lease_for(attempt_timeout: Duration) -> Duration {
+    attempt_timeout + LEASE_MARGIN
+}
 
 /// Tunables of the workers, taken from the service configuration.
 #[derive(Debug, Clone)]
@@ -48,6 +56,17 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// Takes a slot for `claim` if its endpoint has one free.
+    fn admit(&mut self, claim: &Claim, endpoint_concurrency: usize) -> bool {
+        let count = self.per_endpoint.entry(claim.endpoint_id.clone()).or_insert(0);
+        if *count >= endpoint_concurrency {
+            return false;
+        }
+        *count += 1;
+        self.total += 1;
+        true
+    }
+
     /// An endpoint answered (or failed): its request slot is free.
     fn answered(&mut self, endpoint_id: &str) {
         if let Some(count) = self.per_endpoint.get_mut(endpoint_id) {
@@ -69,6 +88,8 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     in_flight: Arc<Mutex<InFlight>>,
+    /// Deliveries the store leased to this process as they were written: started before anything is claimed.
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl Dispatcher {
@@ -78,14 +99,17 @@ impl Dispatcher {
         config: WorkerConfig,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        handoff: Option<Arc<Handoff>>,
     ) -> Self {
-        Self { store, sender, config, wake, metrics, in_flight: Arc::default() }
+        Self { store, sender, config, wake, metrics, in_flight: Arc::default(), handoff }
     }
 
-    /// How long a claim is held: past it, any process may take the delivery again. Longer than any attempt
-    /// can take, so a live worker's claim never expires under it.
     fn lease(&self) -> Millis {
-        (self.config.attempt_timeout + LEASE_MARGIN).as_millis() as Millis
+        lease_for(self.config.attempt_timeout).as_millis() as Millis
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs until `shutdown` is cancelled, then stops claiming, lets attempts in flight finish and records
@@ -110,6 +134,7 @@ impl Dispatcher {
             }
             // Reap finished tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
+            self.start_handed_off(&results, &mut tasks);
             let (free, exclude) = self.capacity();
             let mut claimed = 0;
             if free > 0 {
@@ -133,6 +158,15 @@ impl Dispatcher {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        if let Some(handoff) = &self.handoff {
+            // Not started: due again now rather than when their leases run out.
+            let queued = handoff.close();
+            if !queued.is_empty()
+                && let Err(error) = self.store.release(&queued).await
+            {
+                tracing::warn!(%error, count = queued.len(), "giving back handed-off deliveries failed");
+            }
+        }
         let drain = self.config.attempt_timeout + Duration::from_secs(5);
         let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
         drop(results);
@@ -140,9 +174,26 @@ impl Dispatcher {
         let _ = watcher.await;
     }
 
+    /// Starts the handed-off deliveries there are slots for.
+    fn start_handed_off(&self, results: &mpsc::Sender<AttemptResult>, tasks: &mut tokio::task::JoinSet<()>) {
+        let Some(handoff) = &self.handoff else { return };
+        let claims = {
+            let mut in_flight = self.in_flight();
+            let free = self.config.max_in_flight.saturating_sub(in_flight.total);
+            if free == 0 {
+                return;
+            }
+            let per_endpoint = self.config.endpoint_concurrency;
+            handoff.take(free, self.config.attempt_timeout + START_MARGIN, |claim| in_flight.admit(claim, per_endpoint))
+        };
+        for claim in claims {
+            self.start(claim, results, tasks);
+        }
+    }
+
     /// Free slots overall, and the endpoints that have no free slot.
     fn capacity(&self) -> (usize, Vec<String>) {
-        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let in_flight = self.in_flight();
         let free = self.config.max_in_flight.saturating_sub(in_flight.total);
         let full = in_flight
             .per_endpoint
@@ -167,24 +218,11 @@ impl Dispatcher {
     ) {
         let mut overflow = Vec::new();
         for claim in claims {
-            {
-                let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                let count = in_flight.per_endpoint.entry(claim.endpoint_id.clone()).or_insert(0);
-                if *count >= self.config.endpoint_concurrency {
-                    overflow.push(claim);
-                    continue;
-                }
-                *count += 1;
-                in_flight.total += 1;
+            if self.in_flight().admit(&claim, self.config.endpoint_concurrency) {
+                self.start(claim, results, tasks);
+            } else {
+                overflow.push(claim);
             }
-            let attempt = Attempt {
-                sender: self.sender.clone(),
-                retry: self.config.retry.clone(),
-                results: results.clone(),
-                in_flight: self.in_flight.clone(),
-                wake: self.wake.clone(),
-            };
-            tasks.spawn(attempt.run(claim));
         }
         if !overflow.is_empty()
             && let Err(error) = self.store.release(&overflow).await
@@ -192,6 +230,18 @@ impl Dispatcher {
             // Their leases run out and they come due again; nothing is lost.
             tracing::warn!(%error, count = overflow.len(), "releasing claims over an endpoint's bound failed");
         }
+    }
+
+    /// Starts the attempt of a claim that has its slots.
+    fn start(&self, claim: Claim, results: &mpsc::Sender<AttemptResult>, tasks: &mut tokio::task::JoinSet<()>) {
+        let attempt = Attempt {
+            sender: self.sender.clone(),
+            retry: self.config.retry.clone(),
+            results: results.clone(),
+            in_flight: self.in_flight.clone(),
+            wake: self.wake.clone(),
+        };
+        tasks.spawn(attempt.run(claim));
     }
 
     /// How long to sleep when there is nothing to claim now: until the next scheduled retry, at most one poll

@@ -13,9 +13,12 @@ use crate::domain::interview::{Interview, InterviewPatch};
 use crate::domain::retry::Next;
 use crate::domain::time::Millis;
 
+pub mod handoff;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
+
+pub use handoff::Handoff;
 
 /// A store failure. Callers treat it as internal: it is logged and answered as an opaque 500.
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +42,16 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// Opens the store named by `database` and brings its schema up to date: a `postgres://` URL opens
 /// PostgreSQL; a file path or `sqlite:` URL opens SQLite (created if missing).
 pub async fn open(database: &str) -> Result<Arc<dyn Store>> {
+    open_with(database, None).await
+}
+
+/// Like [`open`], for a process that runs delivery workers: new deliveries are leased to them at once and
+/// handed over through `handoff` (see [`handoff`]).
+pub async fn open_with(database: &str, handoff: Option<Arc<Handoff>>) -> Result<Arc<dyn Store>> {
     if is_postgres(database) {
-        return Ok(Arc::new(postgres::PostgresStore::open(database).await?));
+        return Ok(Arc::new(postgres::PostgresStore::open(database, handoff).await?));
     }
-    Ok(Arc::new(sqlite::SqliteStore::open(database).await?))
+    Ok(Arc::new(sqlite::SqliteStore::open(database, handoff).await?))
 }
 
 /// Whether `database` names a PostgreSQL database rather than a SQLite file.
@@ -248,6 +257,8 @@ pub struct Claim {
     pub delivery_id: String,
     /// Proves the lease when the result is recorded; a newer claim or a manual retry replaces it.
     pub lease_token: String,
+    /// When the lease runs out and the delivery is due again.
+    pub lease_until: Millis,
     pub event_id: String,
     pub endpoint_id: String,
     pub url: String,
@@ -277,6 +288,23 @@ pub(crate) fn next_columns(next: Next) -> (&'static str, Option<Millis>) {
         Next::Undeliverable => (DeliveryStatus::Undeliverable.as_str(), None),
         Next::RetryAt(at) => (DeliveryStatus::Pending.as_str(), Some(at)),
     }
+}
+
+/// The secrets a delivery is signed with: the endpoint's current one, then its previous one while the grace
+/// period after a rotation lasts.
+pub(crate) fn signing_secrets(
+    secret: String,
+    previous: Option<String>,
+    previous_until: Option<Millis>,
+    now: Millis,
+) -> Vec<SecretString> {
+    let mut secrets = vec![SecretString::from(secret)];
+    if let Some(previous) = previous
+        && previous_until.is_some_and(|until| until > now)
+    {
+        secrets.push(SecretString::from(previous));
+    }
+    secrets
 }
 
 /// An interview read back from its stored form; a form that does not read is a damaged store.

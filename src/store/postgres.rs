@@ -8,20 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::handoff::{Handoff, Reservation};
 use super::rows::{
     ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS, EndpointRow,
-    EventRow, records,
+    EventRow, NewDeliveryRow, records,
 };
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, EndpointChanges, EndpointRecord, EventRecord,
     Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError, Trigger, next_columns,
-    stored_interview,
+    signing_secrets, stored_interview,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -71,6 +73,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Interview updates waiting for the group committer.
     updates: mpsc::Sender<UpdateJob>,
+    /// This process's workers, when it runs any: new deliveries are leased and handed to them.
+    handoff: Option<Arc<Handoff>>,
 }
 
 /// One interview update waiting to be committed, and where its answer goes.
@@ -86,10 +90,10 @@ const UPDATE_BATCH: usize = 256;
 
 /// The group committer: takes every update waiting and commits them in one transaction, in a handful of
 /// statements whatever their number.
-async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>) {
+async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
     let mut batch = Vec::with_capacity(UPDATE_BATCH);
     while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
-        match apply_updates(&pool, &batch).await {
+        match apply_updates(&pool, &batch, reserve(&handoff)).await {
             Ok(done) => {
                 for (job, update) in batch.drain(..).zip(done) {
                     let _ = job.reply.send(Ok(update));
@@ -108,7 +112,11 @@ async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>) {
 /// Applies a batch of interview updates in one transaction. Every candidate in it is locked first, in one
 /// order for every process (so two processes' batches cannot deadlock), which serializes updates of a
 /// candidate across processes; updates of one candidate inside the batch apply in arrival order.
-async fn apply_updates(pool: &PgPool, jobs: &[UpdateJob]) -> Result<Vec<InterviewUpdate>> {
+async fn apply_updates(
+    pool: &PgPool,
+    jobs: &[UpdateJob],
+    mut reservation: Reservation,
+) -> Result<Vec<InterviewUpdate>> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
     let mut keys: Vec<String> = jobs.iter().map(|j| format!("{}/{}", j.org, j.candidate_id)).collect();
@@ -186,24 +194,103 @@ async fn apply_updates(pool: &PgPool, jobs: &[UpdateJob]) -> Result<Vec<Intervie
         for event in updates.iter_mut().filter_map(|u| u.event.as_mut()) {
             event.seq = seqs.get(&event.id).copied().unwrap_or_default();
         }
-        sqlx::query(
-            "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, created_at, \
-                                     updated_at) \
-             SELECT 'dlv_' || lpad(to_hex($3::bigint), 12, '0') || substr(md5(random()::text), 1, 12), e.org_id, \
-                    u.i, e.id, 'pending', $3, $3, $3, $3 \
-             FROM unnest($1::text[], $2::text[]) AS u(i, o) \
-             JOIN endpoints e ON e.org_id = u.o AND e.enabled AND jsonb_exists(e.event_types::jsonb, $4)",
-        )
-        .bind(&events.id)
-        .bind(&events.org)
-        .bind(now)
-        .bind(interview::EVENT_TYPE)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *tx).await?;
+        let events = events.id.into_iter().zip(events.org).zip(events.payload);
+        let new = events.map(|((id, org), payload)| NewEvent { id, org, payload }).collect::<Vec<_>>();
+        insert_deliveries(&mut tx, &new, &Fanout::Subscribed, interview::EVENT_TYPE, now, &mut reservation).await?;
     }
     tx.commit().await?;
+    reservation.commit();
     Ok(updates)
+}
+
+/// The handoff's free places for one transaction, or none without local workers.
+fn reserve(handoff: &Option<Arc<Handoff>>) -> Reservation {
+    match handoff {
+        Some(handoff) => handoff.reserve(now_ms()),
+        None => Reservation::none(now_ms()),
+    }
+}
+
+/// An event just inserted, whose deliveries are to be made.
+struct NewEvent {
+    id: String,
+    org: String,
+    payload: String,
+}
+
+/// Inserts the deliveries of `events` in one statement: to every enabled endpoint of the event's organization
+/// subscribed to `event_type`, or to the one endpoint of `fanout`. As many as `reservation` has room for are
+/// leased to this process and their claims added to it; if any are left for the queue, other processes are
+/// told on commit.
+async fn insert_deliveries(
+    tx: &mut Tx,
+    events: &[NewEvent],
+    fanout: &Fanout,
+    event_type: &str,
+    now: Millis,
+    reservation: &mut Reservation,
+) -> Result<()> {
+    let (filter, target) = match fanout {
+        Fanout::Subscribed => ("e.enabled AND jsonb_exists(e.event_types::jsonb, $4)", event_type),
+        Fanout::Endpoint(endpoint) => ("e.id = $4", endpoint.as_str()),
+    };
+    // `targets` is read twice and calls random(), so it is computed once: the ids inserted are the ids answered.
+    let sql = format!(
+        "WITH targets AS ( \
+           SELECT 'dlv_' || lpad(to_hex($3::bigint), 12, '0') || substr(md5(random()::text), 1, 12) AS id, \
+                  u.i AS event_id, e.org_id, e.id AS endpoint_id, e.url, e.secret, e.previous_secret, \
+                  e.previous_secret_until, \
+                  e.enabled AND row_number() OVER (ORDER BY NOT e.enabled) <= $5 AS leased \
+           FROM unnest($1::text[], $2::text[]) AS u(i, o) JOIN endpoints e ON e.org_id = u.o AND {filter} \
+         ), inserted AS ( \
+           INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, lease_until, \
+                                   lease_token, created_at, updated_at) \
+           SELECT id, org_id, event_id, endpoint_id, 'pending', $3, CASE WHEN leased THEN $6 ELSE $3 END, \
+                  CASE WHEN leased THEN $6 END, CASE WHEN leased THEN $7 END, $3, $3 \
+           FROM targets \
+         ) \
+         SELECT id, event_id, endpoint_id, url, secret, previous_secret, previous_secret_until, leased FROM targets"
+    );
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let orgs: Vec<&str> = events.iter().map(|e| e.org.as_str()).collect();
+    let rows: Vec<NewDeliveryRow> = sqlx::query_as(&sql)
+        .bind(&ids)
+        .bind(&orgs)
+        .bind(now)
+        .bind(target)
+        .bind(reservation.room() as i64)
+        .bind(reservation.until)
+        .bind(&reservation.token)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut left_for_queue = false;
+    // One copy of each body, shared by the claims of its event.
+    let mut bodies: HashMap<&str, (&str, Option<Bytes>)> =
+        events.iter().map(|e| (e.id.as_str(), (e.payload.as_str(), None))).collect();
+    for row in rows {
+        if !row.leased || !reservation.has_room() {
+            left_for_queue |= !row.leased;
+            continue;
+        }
+        let Some((text, body)) = bodies.get_mut(row.event_id.as_str()) else { continue };
+        let payload = body.get_or_insert_with(|| Bytes::copy_from_slice(text.as_bytes())).clone();
+        reservation.push(Claim {
+            lease_token: reservation.token.clone(),
+            lease_until: reservation.until,
+            secrets: signing_secrets(row.secret, row.previous_secret, row.previous_secret_until, now),
+            url: row.url,
+            payload,
+            scheduled_count: 0,
+            trigger: Trigger::Scheduled,
+            delivery_id: row.id,
+            event_id: row.event_id,
+            endpoint_id: row.endpoint_id,
+        });
+    }
+    if left_for_queue {
+        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// New events as columns, to be inserted in one statement.
@@ -226,16 +313,16 @@ type Tx = Transaction<'static, Postgres>;
 
 impl PostgresStore {
     /// Connects and migrates. Migrations take an advisory lock, so processes starting together migrate once.
-    pub async fn open(url: &str) -> Result<Self> {
+    pub async fn open(url: &str, handoff: Option<Arc<Handoff>>) -> Result<Self> {
         let pool =
             PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
         MIGRATOR.run(&pool).await?;
         let (updates, jobs) = mpsc::channel(UPDATE_BATCH * 4);
-        tokio::spawn(commit_updates(pool.clone(), jobs));
-        Ok(Self { pool, updates })
+        tokio::spawn(commit_updates(pool.clone(), jobs, handoff.clone()));
+        Ok(Self { pool, updates, handoff })
     }
 
-    /// Inserts an event and its deliveries inside `tx`, and announces the work on commit.
+    /// Inserts an event and its deliveries inside `tx`.
     async fn insert_event(
         tx: &mut Tx,
         org: &str,
@@ -243,6 +330,7 @@ impl PostgresStore {
         payload: &str,
         fanout: &Fanout,
         now: Millis,
+        reservation: &mut Reservation,
     ) -> Result<EventRecord> {
         let id = ids::new_id(ids::EVENT);
         let seq: i64 = sqlx::query_scalar(
@@ -255,24 +343,8 @@ impl PostgresStore {
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
-        let insert = "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
-                      created_at, updated_at) \
-                      SELECT 'dlv_' || lpad(to_hex($2::bigint), 12, '0') || substr(md5(random()::text), 1, 12), \
-                             e.org_id, $1, e.id, \
-                             'pending', $2, $2, $2, $2 \
-                      FROM endpoints e WHERE e.org_id = $3";
-        let (filter, target) = match fanout {
-            Fanout::Subscribed => ("AND e.enabled AND jsonb_exists(e.event_types::jsonb, $4)", event_type),
-            Fanout::Endpoint(endpoint) => ("AND e.id = $4", endpoint.as_str()),
-        };
-        sqlx::query(&format!("{insert} {filter}"))
-            .bind(&id)
-            .bind(now)
-            .bind(org)
-            .bind(target)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut **tx).await?;
+        let new = [NewEvent { id: id.clone(), org: org.to_owned(), payload: payload.to_owned() }];
+        insert_deliveries(tx, &new, fanout, event_type, now, reservation).await?;
         Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
     }
 }
@@ -482,11 +554,14 @@ impl Store for PostgresStore {
         fanout: Fanout,
     ) -> Result<(EventRecord, Vec<DeliveryRecord>)> {
         let now = now_ms();
+        let mut reservation = reserve(&self.handoff);
         let mut tx = self.pool.begin().await?;
-        let event = Self::insert_event(&mut tx, org, event_type, payload, &fanout, now).await?;
+        let event = Self::insert_event(&mut tx, org, event_type, payload, &fanout, now, &mut reservation).await?;
+        reservation.settle();
         let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1 ORDER BY seq");
         let rows: Vec<DeliveryRow> = sqlx::query_as(&sql).bind(&event.id).fetch_all(&mut *tx).await?;
         tx.commit().await?;
+        reservation.commit();
         Ok((event, records(rows)?))
     }
 
@@ -590,17 +665,21 @@ impl Store for PostgresStore {
         .bind(&token)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|row| row.into_claim(&token, now)).collect())
+        Ok(rows.into_iter().map(|row| row.into_claim(&token, lease_until, now)).collect())
     }
 
     async fn release(&self, claims: &[Claim]) -> Result<()> {
+        let now = now_ms();
         let mut tx = self.pool.begin().await?;
         for claim in claims {
+            // A handed-off delivery was queued for the end of its lease: due now instead.
             sqlx::query(
-                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE id = $1 AND lease_token = $2",
+                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL, run_at = LEAST(run_at, $3) \
+                 WHERE id = $1 AND lease_token = $2",
             )
             .bind(&claim.delivery_id)
             .bind(&claim.lease_token)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         }

@@ -3,7 +3,10 @@
 use bytes::Bytes;
 use secrecy::SecretString;
 
-use super::{AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, EndpointRecord, EventRecord, StoreError, Trigger};
+use super::{
+    AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, EndpointRecord, EventRecord, StoreError, Trigger,
+    signing_secrets,
+};
 use crate::domain::time::Millis;
 
 /// Endpoint columns, in the order of [`EndpointRow`].
@@ -145,16 +148,12 @@ pub struct ClaimRow {
 
 impl ClaimRow {
     /// The claim, signing with the previous secret too while its grace period lasts at `now`.
-    pub fn into_claim(self, lease_token: &str, now: Millis) -> Claim {
-        let mut secrets = vec![SecretString::from(self.secret)];
-        if let Some(previous) = self.previous_secret
-            && self.previous_secret_until.is_some_and(|until| until > now)
-        {
-            secrets.push(SecretString::from(previous));
-        }
+    pub fn into_claim(self, lease_token: &str, lease_until: Millis, now: Millis) -> Claim {
+        let secrets = signing_secrets(self.secret, self.previous_secret, self.previous_secret_until, now);
         Claim {
             delivery_id: self.id,
             lease_token: lease_token.to_owned(),
+            lease_until,
             event_id: self.event_id,
             endpoint_id: self.endpoint_id,
             url: self.url,
@@ -169,4 +168,18 @@ impl ClaimRow {
 /// Converts rows to records, failing on the first damaged one.
 pub fn records<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
     rows.into_iter().map(T::try_from).collect()
+}
+
+/// A delivery just written by ingest, with what its claim needs if it was handed off.
+#[derive(sqlx::FromRow)]
+pub struct NewDeliveryRow {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub url: String,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    /// Leased to this process, to be handed to its workers.
+    pub leased: bool,
 }

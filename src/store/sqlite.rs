@@ -14,10 +14,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 
+use super::handoff::{Handoff, Reservation};
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
     EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
-    Trigger, next_columns, stored_interview,
+    Trigger, next_columns, signing_secrets, stored_interview,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -50,6 +51,8 @@ pub struct SqliteStore {
     /// Writes waiting for the writer thread.
     jobs: mpsc::Sender<Job>,
     readers: Arc<Readers>,
+    /// This process's workers, when it runs any: new deliveries are leased and handed to them.
+    handoff: Option<Arc<Handoff>>,
 }
 
 /// Reader connections: at most [`READERS`] in use at once, kept open between reads.
@@ -158,7 +161,7 @@ fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<usize> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `database` (a path or a `sqlite:` URL) and migrates it.
-    pub async fn open(database: &str) -> Result<Self> {
+    pub async fn open(database: &str, handoff: Option<Arc<Handoff>>) -> Result<Self> {
         let path = file_path(database).to_owned();
         let writer_path = path.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<Connection> {
@@ -174,20 +177,40 @@ impl SqliteStore {
             .spawn(move || write_loop(writer, receiver))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         let readers = Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(READERS) };
-        Ok(Self { jobs, readers: Arc::new(readers) })
+        Ok(Self { jobs, readers: Arc::new(readers), handoff })
     }
 
     /// Runs `f` on the writer thread, in the next group transaction; answers once that has committed.
     async fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        self.write_handing_off(move |c, _| f(c)).await
+    }
+
+    /// Like [`Self::write`], for a write that makes deliveries: `f` may lease them to this process's workers
+    /// under the reservation it is given, whose claims are handed over as soon as the transaction commits
+    /// (on the writer thread, so they are handed over even if the caller has stopped waiting).
+    async fn write_handing_off<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Reservation) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (answer, answered) = oneshot::channel();
+        let handoff = self.handoff.clone();
         let job: Job = Box::new(move |connection| {
-            let result = f(connection);
+            let now = now_ms();
+            let mut reservation = match &handoff {
+                Some(handoff) => handoff.reserve(now),
+                None => Reservation::none(now),
+            };
+            let result = f(connection, &mut reservation);
+            reservation.settle();
             let ok = result.is_ok();
             let reply: Reply = Box::new(move |commit_error| {
                 let result = match (result, commit_error) {
                     (Ok(_), Some(error)) => Err(StoreError::Batch(error.to_owned())),
                     (result, _) => result,
                 };
+                if result.is_ok() {
+                    reservation.commit();
+                }
                 let _ = answer.send(result);
             });
             (ok, reply)
@@ -272,7 +295,8 @@ fn attempt(row: &Row) -> rusqlite::Result<AttemptRecord> {
     })
 }
 
-/// Inserts an event and its deliveries.
+/// Inserts an event and its deliveries. Deliveries to enabled endpoints are leased to this process while
+/// `reservation` has room, and their claims added to it; the rest wait in the queue for any worker.
 fn insert_event(
     c: &Connection,
     org: &str,
@@ -280,6 +304,7 @@ fn insert_event(
     payload: &str,
     fanout: &Fanout,
     now: Millis,
+    reservation: &mut Reservation,
 ) -> Result<EventRecord> {
     let id = ids::new_id(ids::EVENT);
     let seq: i64 = c
@@ -287,33 +312,65 @@ fn insert_event(
             "INSERT INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?) RETURNING seq",
         )?
         .query_row(params![id, org, event_type, payload, now], |r| r.get(0))?;
-    // Delivery ids are made in SQL, in the form of `ids::new_id`, so one statement fans out to every endpoint.
-    match fanout {
-        Fanout::Subscribed => c
-            .prepare_cached(
-                "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
-                 created_at, updated_at) \
-                 SELECT 'dlv_' || printf('%012x', ?2) || lower(hex(randomblob(6))), e.org_id, ?1, e.id, 'pending', \
-                        ?2, ?2, ?2, ?2 \
-                 FROM endpoints e WHERE e.org_id = ?3 AND e.enabled = 1 \
-                 AND EXISTS (SELECT 1 FROM json_each(e.event_types) WHERE value = ?4)",
-            )?
-            .execute(params![id, now, org, event_type])?,
-        Fanout::Endpoint(endpoint) => c
-            .prepare_cached(
-                "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
-                 created_at, updated_at) \
-                 SELECT 'dlv_' || printf('%012x', ?2) || lower(hex(randomblob(6))), e.org_id, ?1, e.id, 'pending', \
-                        ?2, ?2, ?2, ?2 \
-                 FROM endpoints e WHERE e.org_id = ?3 AND e.id = ?4",
-            )?
-            .execute(params![id, now, org, endpoint])?,
+    let mut targets = match fanout {
+        Fanout::Subscribed => c.prepare_cached(
+            "SELECT id, enabled, url, secret, previous_secret, previous_secret_until FROM endpoints \
+             WHERE org_id = ?1 AND enabled = 1 AND EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?2)",
+        )?,
+        Fanout::Endpoint(_) => c.prepare_cached(
+            "SELECT id, enabled, url, secret, previous_secret, previous_secret_until FROM endpoints \
+             WHERE org_id = ?1 AND id = ?2",
+        )?,
     };
+    let target = match fanout {
+        Fanout::Subscribed => event_type,
+        Fanout::Endpoint(endpoint) => endpoint.as_str(),
+    };
+    let mut rows = targets.query(params![org, target])?;
+    let mut insert = c.prepare_cached(
+        "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, lease_until, \
+         lease_token, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?5, ?5)",
+    )?;
+    // One copy of the body for every claim of this event.
+    let body = reservation.has_room().then(|| Bytes::copy_from_slice(payload.as_bytes()));
+    while let Some(row) = rows.next()? {
+        let endpoint_id: String = row.get(0)?;
+        let delivery_id = ids::new_id(ids::DELIVERY);
+        let enabled: bool = row.get(1)?;
+        match &body {
+            Some(body) if enabled && reservation.has_room() => {
+                // Leased to this process, and due again (for any worker) only when the lease runs out.
+                let until = reservation.until;
+                insert.execute(params![delivery_id, org, id, endpoint_id, now, until, until, reservation.token])?;
+                reservation.push(Claim {
+                    lease_token: reservation.token.clone(),
+                    lease_until: until,
+                    event_id: id.clone(),
+                    url: row.get(2)?,
+                    payload: body.clone(),
+                    secrets: signing_secrets(row.get(3)?, row.get(4)?, row.get(5)?, now),
+                    scheduled_count: 0,
+                    trigger: Trigger::Scheduled,
+                    delivery_id,
+                    endpoint_id,
+                });
+            }
+            _ => {
+                insert.execute(params![delivery_id, org, id, endpoint_id, now, now, None::<Millis>, None::<String>])?;
+            }
+        }
+    }
     Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
 }
 
 /// Reads, diffs and writes one interview update, with its event when something changed.
-fn apply_update(c: &Connection, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate> {
+fn apply_update(
+    c: &Connection,
+    org: &str,
+    candidate_id: &str,
+    patch: &InterviewPatch,
+    reservation: &mut Reservation,
+) -> Result<InterviewUpdate> {
     let now = now_ms();
     let stored: Option<String> = c
         .prepare_cached("SELECT data FROM interviews WHERE org_id = ? AND candidate_id = ?")?
@@ -334,7 +391,7 @@ fn apply_update(c: &Connection, org: &str, candidate_id: &str, patch: &Interview
     )?
     .execute(params![org, candidate_id, applied.interview.to_json(), now])?;
     let event = match &applied.event_body {
-        Some(body) => Some(insert_event(c, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now)?),
+        Some(body) => Some(insert_event(c, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now, reservation)?),
         None => None,
     };
     Ok(InterviewUpdate { interview: applied.interview, event })
@@ -457,7 +514,7 @@ impl Store for SqliteStore {
     async fn update_interview(&self, org: &str, candidate_id: &str, patch: &InterviewPatch) -> Result<InterviewUpdate> {
         let (org, candidate_id, patch) = (org.to_owned(), candidate_id.to_owned(), patch.clone());
         // One writer thread applies updates in order, so updates of one candidate are serialized.
-        self.write(move |c| apply_update(c, &org, &candidate_id, &patch)).await
+        self.write_handing_off(move |c, reservation| apply_update(c, &org, &candidate_id, &patch, reservation)).await
     }
 
     async fn get_interview(&self, org: &str, candidate_id: &str) -> Result<Option<Interview>> {
@@ -480,8 +537,8 @@ impl Store for SqliteStore {
         fanout: Fanout,
     ) -> Result<(EventRecord, Vec<DeliveryRecord>)> {
         let (org, event_type, payload) = (org.to_owned(), event_type.to_owned(), payload.to_owned());
-        self.write(move |c| {
-            let event = insert_event(c, &org, &event_type, &payload, &fanout, now_ms())?;
+        self.write_handing_off(move |c, reservation| {
+            let event = insert_event(c, &org, &event_type, &payload, &fanout, now_ms(), reservation)?;
             let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ? ORDER BY seq");
             let deliveries =
                 c.prepare_cached(&sql)?.query_map([&event.id], delivery)?.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -618,21 +675,15 @@ impl Store for SqliteStore {
             let mut claims = Vec::with_capacity(claimed.len());
             for seq in claimed {
                 let claim = read.query_row([seq], |r| {
-                    let mut secrets = vec![SecretString::from(r.get::<_, String>(7)?)];
-                    let until: Option<Millis> = r.get(9)?;
-                    if let Some(previous) = r.get::<_, Option<String>>(8)?
-                        && until.is_some_and(|u| u > now)
-                    {
-                        secrets.push(SecretString::from(previous));
-                    }
                     Ok(Claim {
                         delivery_id: r.get(0)?,
                         lease_token: token.clone(),
+                        lease_until,
+                        secrets: signing_secrets(r.get(7)?, r.get(8)?, r.get(9)?, now),
                         event_id: r.get(1)?,
                         endpoint_id: r.get(2)?,
                         url: r.get(6)?,
                         payload: Bytes::from(r.get::<_, String>(5)?),
-                        secrets,
                         scheduled_count: r.get::<_, i64>(3)?.max(0) as u32,
                         trigger: if r.get::<_, bool>(4)? { Trigger::Manual } else { Trigger::Scheduled },
                     })
@@ -648,11 +699,14 @@ impl Store for SqliteStore {
         let held: Vec<(String, String)> =
             claims.iter().map(|c| (c.delivery_id.clone(), c.lease_token.clone())).collect();
         self.write(move |c| {
+            // A handed-off delivery was queued for the end of its lease: due now instead.
             let mut release = c.prepare_cached(
-                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE id = ? AND lease_token = ?",
+                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL, run_at = min(run_at, ?1) \
+                 WHERE id = ?2 AND lease_token = ?3",
             )?;
+            let now = now_ms();
             for (id, token) in held {
-                release.execute(params![id, token])?;
+                release.execute(params![now, id, token])?;
             }
             Ok(())
         })

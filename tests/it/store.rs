@@ -2,13 +2,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use tidings::domain::interview::{EVENT_TYPE, InterviewPatch};
 use tidings::domain::retry::Next;
 use tidings::store::{
-    AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryStatus, Fanout, NewEndpoint, PageRequest, Store,
-    Trigger,
+    AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryStatus, Fanout, Handoff, NewEndpoint, PageRequest,
+    Store, Trigger,
 };
 
 use crate::db::{Backend, TestDb};
@@ -21,8 +22,13 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(None).await
+}
+
+/// A store whose new deliveries are handed to this process's workers through `handoff`.
+async fn fixture_with(handoff: Option<Arc<Handoff>>) -> Fixture {
     let db = TestDb::new(Backend::current()).await.expect("a database");
-    let store = tidings::store::open(&db.url).await.expect("open the store");
+    let store = tidings::store::open_with(&db.url, handoff).await.expect("open the store");
     let org = store.create_org("Acme", &format!("hash-{}", rand::random::<u64>())).await.expect("org");
     Fixture { store, org, _db: db }
 }
@@ -202,5 +208,73 @@ on_both_stores! {
         assert!(f.store.get_interview(&f.org, "cand_2").await.unwrap().is_none());
         let deliveries = f.store.claim_due(NOW, NOW + 1_000, 10, &[]).await.unwrap();
         assert_eq!(deliveries.len(), 1);
+    }
+
+    /// A delivery written by a process with workers is leased to them and handed over once committed: the
+    /// store's queue does not offer it while the lease lasts, offers it again once it runs out (the crash
+    /// case), and a result recorded under the handed-over lease finishes it.
+    async fn handed_off_deliveries_skip_the_queue_until_their_lease_ends() {
+        let handoff = Arc::new(Handoff::new(8, Duration::from_secs(60), Arc::default()));
+        let f = fixture_with(Some(handoff.clone())).await;
+        let endpoint = f.endpoint(true).await;
+        let patch = InterviewPatch::parse(&serde_json::json!({"interview_outcome": "qualified"})).unwrap();
+        let update = f.store.update_interview(&f.org, "cand_1", &patch).await.unwrap();
+        let event = update.event.expect("an event");
+
+        let handed = handoff.take(10, Duration::from_secs(1), |_| true);
+        assert_eq!(handed.len(), 1);
+        let claim = &handed[0];
+        assert_eq!(claim.endpoint_id, endpoint);
+        assert_eq!(claim.event_id, event.id);
+        assert_eq!(claim.payload.as_ref(), event.payload.as_bytes());
+        assert_eq!(claim.secrets.len(), 1);
+        let now = tidings::domain::time::now_ms();
+        assert!(f.store.claim_due(now, now + 1_000, 10, &[]).await.unwrap().is_empty(), "leased to this process");
+        let after = claim.lease_until + 1;
+        let reclaimed = f.store.claim_due(after, after + 1_000, 10, &[]).await.unwrap();
+        assert_eq!(reclaimed.len(), 1, "due again once the lease runs out");
+        assert_eq!(reclaimed[0].delivery_id, claim.delivery_id);
+
+        // The newer claim wins; the handed-over lease's result is logged without moving the delivery.
+        f.store.record_attempts(vec![result(claim, Next::Succeeded)].into()).await.unwrap();
+        let (record, attempts) = f.store.get_delivery(&f.org, &claim.delivery_id).await.unwrap().unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(record.status, DeliveryStatus::Pending);
+        f.store.record_attempts(vec![result(&reclaimed[0], Next::Succeeded)].into()).await.unwrap();
+        let (record, _) = f.store.get_delivery(&f.org, &claim.delivery_id).await.unwrap().unwrap();
+        assert_eq!(record.status, DeliveryStatus::Succeeded);
+    }
+
+    /// The handoff is bounded: deliveries beyond its room, and deliveries to a disabled endpoint, wait in the
+    /// store's queue; handed-off claims given back are due at once; a closed handoff takes nothing.
+    async fn the_handoff_is_bounded_and_gives_back_what_it_holds() {
+        let handoff = Arc::new(Handoff::new(2, Duration::from_secs(60), Arc::default()));
+        let f = fixture_with(Some(handoff.clone())).await;
+        for _ in 0..3 {
+            f.endpoint(true).await;
+        }
+        let disabled = f.endpoint(false).await;
+        f.events(1).await;
+        let now = tidings::domain::time::now_ms();
+        let queued = f.store.claim_due(now, now + 1_000, 10, &[]).await.unwrap();
+        assert_eq!(queued.len(), 1, "the third enabled endpoint's delivery is left for the queue");
+        let (test, _) = f.store.create_event(&f.org, EVENT_TYPE, "{}", Fanout::Endpoint(disabled.clone())).await.unwrap();
+
+        let handed = handoff.take(10, Duration::from_secs(1), |_| true);
+        assert_eq!(handed.len(), 2);
+        assert!(handed.iter().all(|c| c.endpoint_id != disabled && c.event_id != test.id));
+        // A claim whose endpoint has no free slot keeps its place.
+        f.events(1).await;
+        assert!(handoff.take(10, Duration::from_secs(1), |_| false).is_empty());
+        let kept = handoff.close();
+        assert_eq!(kept.len(), 2);
+        f.store.release(&kept).await.unwrap();
+        let now = tidings::domain::time::now_ms();
+        let due = f.store.claim_due(now, now + 1_000, 10, &[]).await.unwrap();
+        let released: HashSet<&str> = kept.iter().map(|c| c.delivery_id.as_str()).collect();
+        assert!(released.iter().all(|id| due.iter().any(|c| c.delivery_id == *id)), "given back, due now");
+
+        f.events(1).await;
+        assert!(handoff.take(10, Duration::from_secs(1), |_| true).is_empty(), "closed");
     }
 }

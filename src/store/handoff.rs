@@ -1,0 +1,184 @@
+//! Fresh deliveries handed straight to this process's workers. When a process runs both the API and the
+//! workers, the transaction that writes an event also leases its new deliveries to this process, and once it
+//! has committed their claims go to the local dispatcher in memory: no claim query, no second write of the
+//! row before its attempt.
+//!
+//! Durability is unchanged: a handed-off delivery is committed like any other, leased as if claimed, and due
+//! again when its lease runs out, so a crash delays it by one lease and loses nothing. The queue is bounded;
+//! once it is full, new deliveries are written unleased and claimed from the store as before.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::Claim;
+use crate::domain::ids;
+use crate::domain::time::{Millis, now_ms};
+
+/// The queue between ingest and the local dispatcher.
+pub struct Handoff {
+    /// Most claims queued or reserved at once.
+    capacity: usize,
+    /// How long a handed-off delivery is leased: long enough to wait in the queue and make its attempt.
+    lease: Millis,
+    state: Mutex<State>,
+    /// Closed at shutdown: deliveries written from then on are left for the store's queue.
+    open: AtomicBool,
+    /// Rung when claims are queued.
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Claim>,
+    /// Places promised to transactions not yet committed.
+    reserved: usize,
+}
+
+/// Places in the queue promised to one transaction: it leases at most this many of its deliveries. Places
+/// not filled go back when the reservation is dropped, whether the transaction committed or not.
+pub struct Reservation {
+    handoff: Option<Arc<Handoff>>,
+    places: usize,
+    /// The lease of every delivery handed off by this transaction.
+    pub token: String,
+    pub until: Millis,
+    /// The claims made so far, queued on [`Reservation::commit`].
+    claims: Vec<Claim>,
+}
+
+impl Handoff {
+    pub fn new(capacity: usize, lease: Duration, wake: Arc<Notify>) -> Self {
+        Self {
+            capacity,
+            lease: lease.as_millis() as Millis,
+            state: Mutex::default(),
+            open: AtomicBool::new(true),
+            wake,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Promises every free place to one write. Writes that make deliveries run one at a time per process
+    /// (each store has one writer), and each gives back what it did not use as soon as it has written its
+    /// deliveries ([`Reservation::settle`]), so taking all the room does not starve the next one.
+    pub fn reserve(self: &Arc<Self>, now: Millis) -> Reservation {
+        let places = if self.open.load(Ordering::Relaxed) {
+            let mut state = self.state();
+            let free = self.capacity.saturating_sub(state.queue.len() + state.reserved);
+            state.reserved += free;
+            free
+        } else {
+            0
+        };
+        Reservation {
+            handoff: Some(self.clone()),
+            places,
+            token: ids::new_id("lease"),
+            until: now + self.lease,
+            claims: Vec::new(),
+        }
+    }
+
+    /// Takes queued claims for the dispatcher, oldest first, as long as `admit` accepts them (it says no to a
+    /// claim whose endpoint has no free slot: that claim stays queued) and at most `limit`. A claim whose lease
+    /// would run out before an attempt of `attempt` could finish is dropped: the store makes it due again when
+    /// the lease ends, and sending it now could overlap with that.
+    pub fn take(&self, limit: usize, attempt: Duration, mut admit: impl FnMut(&Claim) -> bool) -> Vec<Claim> {
+        let latest_start = now_ms() + attempt.as_millis() as Millis;
+        let mut state = self.state();
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::new();
+        while let Some(claim) = state.queue.pop_front() {
+            if taken.len() == limit {
+                state.queue.push_front(claim);
+                break;
+            }
+            if claim.lease_until <= latest_start {
+                continue;
+            }
+            if admit(&claim) {
+                taken.push(claim);
+            } else {
+                kept.push_back(claim);
+            }
+        }
+        // Claims passed over keep their place ahead of the rest.
+        while let Some(claim) = kept.pop_back() {
+            state.queue.push_front(claim);
+        }
+        taken
+    }
+
+    /// Stops handing off, and answers the claims still queued so they can be given back to the store.
+    pub fn close(&self) -> Vec<Claim> {
+        self.open.store(false, Ordering::Relaxed);
+        self.state().queue.drain(..).collect()
+    }
+}
+
+impl Reservation {
+    /// A reservation with no place, for a store without a local dispatcher.
+    pub fn none(now: Millis) -> Self {
+        Self { handoff: None, places: 0, token: String::new(), until: now, claims: Vec::new() }
+    }
+
+    /// Whether another delivery can be handed off.
+    pub fn has_room(&self) -> bool {
+        self.claims.len() < self.places
+    }
+
+    /// How many more deliveries can be handed off.
+    pub fn room(&self) -> usize {
+        self.places - self.claims.len()
+    }
+
+    /// Adds the claim of a delivery just written leased under this reservation.
+    pub fn push(&mut self, claim: Claim) {
+        debug_assert!(self.has_room());
+        self.claims.push(claim);
+    }
+
+    /// Gives back the places not filled, once the transaction has written its deliveries, so the next
+    /// transaction of the same group commit can use them.
+    pub fn settle(&mut self) {
+        let unused = self.room();
+        if unused > 0
+            && let Some(handoff) = &self.handoff
+        {
+            handoff.state().reserved -= unused;
+            self.places -= unused;
+        }
+    }
+
+    /// Called once the transaction has committed: queues its claims and wakes the dispatcher.
+    pub fn commit(mut self) {
+        let Some(handoff) = self.handoff.take() else { return };
+        let claims = std::mem::take(&mut self.claims);
+        if claims.is_empty() {
+            handoff.state().reserved -= self.places;
+            return;
+        }
+        {
+            let mut state = handoff.state();
+            state.reserved -= self.places;
+            state.queue.extend(claims);
+        }
+        handoff.wake.notify_one();
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // Not committed: the rows were rolled back (or their leases run out), and the places are free again.
+        if let Some(handoff) = self.handoff.take() {
+            handoff.state().reserved -= self.places;
+        }
+    }
+}
