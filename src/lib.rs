@@ -11,7 +11,7 @@
 //! | [`domain`] | pure code: interview diff, payloads, signing, retry schedule, URL policy, ids, keys |
 //! | [`store`] | the only module that speaks SQL: one trait, a SQLite implementation |
 //! | [`delivery`] | the claim loop and the outbound HTTP sender |
-//! | [`http`] | the JSON API: handlers, extractors, one error type |
+//! | [`http`] | the JSON API: handlers, extractors, one error type, the OpenAPI document |
 //! | [`settings`] | the Developer Settings page: server-rendered HTML under `/settings`, sessions, CSRF |
 //! | [`metrics`] | Prometheus counters shared by the API and the workers |
 //! | [`cli`] | the command line: `serve`, `migrate`, `org create`, `listen` |

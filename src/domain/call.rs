@@ -8,8 +8,9 @@ use super::Invalid;
 /// The event type of a completed call.
 pub const EVENT_TYPE: &str = "call_completed";
 
-#[derive(Clone, Copy)]
-enum Kind {
+/// The JSON type a documented field must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     String,
     Number,
     Array,
@@ -36,7 +37,11 @@ impl Kind {
     }
 }
 
-const TOP: [(&str, Kind); 10] = [
+/// Fields that must be present: a non-empty string each.
+pub const REQUIRED: [&str; 2] = ["candidate_id", "call_id"];
+
+/// The call object's documented fields and their types.
+pub const TOP: [(&str, Kind); 10] = [
     ("candidate_id", Kind::String),
     ("candidate_phone", Kind::String),
     ("job_id", Kind::String),
@@ -49,7 +54,8 @@ const TOP: [(&str, Kind); 10] = [
     ("recording_url", Kind::String),
 ];
 
-const DETAILS: [(&str, Kind); 6] = [
+/// The fields of `call_details`.
+pub const DETAILS: [(&str, Kind); 6] = [
     ("duration", Kind::Number),
     ("start_time", Kind::Number),
     ("end_time", Kind::Number),
@@ -58,7 +64,8 @@ const DETAILS: [(&str, Kind); 6] = [
     ("org_phone_number", Kind::String),
 ];
 
-const ANALYSIS: [&str; 7] = [
+/// The fields of `call_details.call_analysis`, all strings.
+pub const ANALYSIS: [&str; 7] = [
     "call_summary",
     "user_sentiment",
     "agent_sentiment",
@@ -85,7 +92,7 @@ pub fn validate(body: &Value) -> Result<(), Invalid> {
     let Some(object) = body.as_object() else {
         return Err(Invalid::new("body", "must be a JSON object"));
     };
-    for required in ["candidate_id", "call_id"] {
+    for required in REQUIRED {
         match object.get(required) {
             Some(Value::String(s)) if !s.is_empty() => {}
             Some(_) => return Err(Invalid::new(required, "must be a non-empty string")),

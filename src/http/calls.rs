@@ -4,15 +4,42 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Org};
+use super::openapi::{BadRequest, CallObject, Internal, TooLarge, Unauthorized, Unprocessable};
 use super::views::EventView;
 use crate::domain::call;
 use crate::store::Fanout;
 
+/// The event a recorded call became.
+#[derive(Serialize, ToSchema)]
+pub struct RecordedCall {
+    event: EventView,
+}
+
+/// Record a completed call
+///
+/// Emits a `call_completed` event (deprecated) whose body is the call object exactly as received, unknown
+/// fields included, to the endpoints that chose `call_completed` in their `event_types`.
+#[utoipa::path(
+    post,
+    path = "/v1/calls",
+    tag = "calls",
+    security(("api_key" = [])),
+    request_body = CallObject,
+    responses(
+        (status = 201, description = "The event emitted", body = RecordedCall),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn create_call(
     State(state): State<AppState>,
     Org(org): Org,
@@ -23,5 +50,5 @@ pub async fn create_call(
     let payload = std::str::from_utf8(&body.raw).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
     let (event, _) = state.store.create_event(&org, call::EVENT_TYPE, payload.trim(), Fanout::Subscribed).await?;
     state.event_written(call::EVENT_TYPE);
-    Ok((StatusCode::CREATED, Json(json!({ "event": EventView::from(&event) }))))
+    Ok((StatusCode::CREATED, Json(RecordedCall { event: EventView::from(&event) })))
 }

@@ -8,15 +8,33 @@ use axum::response::IntoResponse;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{List, Org, PathId};
-use super::views::{AttemptView, DeliveryView, ListView};
+use super::openapi::{BadRequest, DeliveryFilters, Internal, NotFound, PageParams, Unauthorized, Unprocessable};
+use super::views::{AttemptView, DeliveryList, DeliveryView, ListView};
 use crate::domain::Invalid;
 use crate::store::{DeliveryFilter, DeliveryStatus};
 
+/// List deliveries
+///
+/// Newest first, a page at a time, without their attempts; filters combine.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    security(("api_key" = [])),
+    params(DeliveryFilters, PageParams),
+    responses(
+        (status = 200, description = "One page of deliveries", body = DeliveryList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     Org(org): Org,
     List(params): List,
-) -> Result<Json<ListView<DeliveryView>>, ApiError> {
+) -> Result<Json<DeliveryList>, ApiError> {
     let status = match params.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(
@@ -33,6 +51,20 @@ pub async fn list_deliveries(
     Ok(Json(ListView::from_page(&page)))
 }
 
+/// Read a delivery with its attempts
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The delivery's id, `dlv_…`")),
+    responses(
+        (status = 200, description = "The delivery and every attempt", body = DeliveryView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn get_delivery(
     State(state): State<AppState>,
     Org(org): Org,
@@ -44,6 +76,23 @@ pub async fn get_delivery(
     Ok(Json(view))
 }
 
+/// Retry a delivery now
+///
+/// Makes one attempt as soon as a worker is free, whatever the status. If it fails, a delivery with scheduled
+/// retries left goes on with them; one that had used them up is `undeliverable` again. No request body.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = "deliveries",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The delivery's id, `dlv_…`")),
+    responses(
+        (status = 202, description = "The delivery, due now", body = DeliveryView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn retry_delivery(
     State(state): State<AppState>,
     Org(org): Org,

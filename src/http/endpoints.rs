@@ -6,24 +6,42 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use secrecy::ExposeSecret;
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::actions::{TEST_ON_DISABLED, TestEvent};
 use super::error::ApiError;
 use super::extract::{Fields, JsonBody, List, Org, PathId};
-use super::views::{DeliveryView, EndpointView, ListView};
+use super::openapi::{
+    BadRequest, Conflict, EndpointPatchBody, Internal, NewEndpointBody, NotFound, PageParams, TooLarge, Unauthorized,
+    Unprocessable,
+};
+use super::views::{DeliveryView, EndpointList, EndpointView, ListView};
 use crate::domain::endpoint::{EndpointUrl, parse_event_types, validate_description};
 use crate::domain::interview::EVENT_TYPE;
 use crate::domain::signing;
 use crate::store::{EndpointChanges, EndpointRecord, NewEndpoint};
 
-const FIELDS: [&str; 4] = ["url", "description", "event_types", "enabled"];
+/// The fields of an endpoint a caller writes; the document's request schemas are checked against it.
+pub(super) const FIELDS: [&str; 4] = ["url", "description", "event_types", "enabled"];
 
-#[derive(Serialize)]
-struct CreatedEndpoint {
+/// A new endpoint, with the secret its deliveries are signed with.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CreatedEndpoint)]
+pub struct CreatedEndpoint {
     #[serde(flatten)]
     endpoint: EndpointView,
+    /// `whsec_` and base64; also readable later with `GET /v1/endpoints/{id}/secret`.
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    secret: String,
+}
+
+/// An endpoint's current signing secret.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Secret)]
+pub struct SecretView {
+    /// `whsec_` and base64: the key of the HMAC-SHA256 in `webhook-signature`.
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
     secret: String,
 }
 
@@ -32,6 +50,25 @@ async fn find(state: &AppState, org: &str, id: &str) -> Result<EndpointRecord, A
     state.endpoint(org, id).await?.ok_or(ApiError::NotFound("endpoint"))
 }
 
+/// Register a webhook URL
+///
+/// Unless `event_types` says otherwise the endpoint subscribes to `candidate.interview.updated`. The answer is
+/// the only one that carries the signing secret without asking for it.
+#[utoipa::path(
+    post,
+    path = "/v1/endpoints",
+    tag = "endpoints",
+    security(("api_key" = [])),
+    request_body = NewEndpointBody,
+    responses(
+        (status = 201, description = "Registered", body = CreatedEndpoint),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn create_endpoint(
     State(state): State<AppState>,
     Org(org): Org,
@@ -59,15 +96,46 @@ pub async fn create_endpoint(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// List endpoints
+///
+/// Newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints",
+    tag = "endpoints",
+    security(("api_key" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "One page of endpoints", body = EndpointList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn list_endpoints(
     State(state): State<AppState>,
     Org(org): Org,
     List(params): List,
-) -> Result<Json<ListView<EndpointView>>, ApiError> {
+) -> Result<Json<EndpointList>, ApiError> {
     let page = state.store.list_endpoints(&org, params.page()?).await?;
     Ok(Json(ListView::from_page(&page)))
 }
 
+/// Read an endpoint
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints/{id}",
+    tag = "endpoints",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn get_endpoint(
     State(state): State<AppState>,
     Org(org): Org,
@@ -76,6 +144,26 @@ pub async fn get_endpoint(
     Ok(Json(EndpointView::from(&find(&state, &org, &id).await?)))
 }
 
+/// Edit an endpoint
+///
+/// Send any subset of the fields; the others keep their values.
+#[utoipa::path(
+    patch,
+    path = "/v1/endpoints/{id}",
+    tag = "endpoints",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
+    request_body = EndpointPatchBody,
+    responses(
+        (status = 200, description = "The endpoint as edited", body = EndpointView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn update_endpoint(
     State(state): State<AppState>,
     Org(org): Org,
@@ -102,6 +190,22 @@ pub async fn update_endpoint(
     Ok(Json(EndpointView::from(&endpoint)))
 }
 
+/// Delete an endpoint
+///
+/// Its deliveries are deleted with it: nothing pending is tried again.
+#[utoipa::path(
+    delete,
+    path = "/v1/endpoints/{id}",
+    tag = "endpoints",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
     Org(org): Org,
@@ -114,24 +218,74 @@ pub async fn delete_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Read an endpoint's signing secret
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints/{id}/secret",
+    tag = "endpoints",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
+    responses(
+        (status = 200, description = "The current secret", body = SecretView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn get_secret(
     State(state): State<AppState>,
     Org(org): Org,
     PathId(id): PathId,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SecretView>, ApiError> {
     let endpoint = find(&state, &org, &id).await?;
-    Ok(Json(json!({ "secret": endpoint.secret.expose_secret() })))
+    Ok(Json(SecretView { secret: endpoint.secret.expose_secret().to_owned() }))
 }
 
+/// Rotate an endpoint's signing secret
+///
+/// Deliveries are signed with the new secret from now on, and also with the old one (two signatures in
+/// `webhook-signature`) until the grace period set by `--secret-grace` ends, so receivers can switch without
+/// missing a webhook. No request body.
+#[utoipa::path(
+    post,
+    path = "/v1/endpoints/{id}/rotate-secret",
+    tag = "endpoints",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
+    responses(
+        (status = 200, description = "The new secret", body = SecretView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Org(org): Org,
     PathId(id): PathId,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SecretView>, ApiError> {
     let endpoint = state.rotate_secret(&org, &id).await?.ok_or(ApiError::NotFound("endpoint"))?;
-    Ok(Json(json!({ "secret": endpoint.secret.expose_secret() })))
+    Ok(Json(SecretView { secret: endpoint.secret.expose_secret().to_owned() }))
 }
 
+/// Send a test event
+///
+/// Sends the documentation's example `interview.updated` body to this endpoint alone, as a new
+/// `candidate.interview.updated` event, whatever the endpoint subscribes to. No request body.
+#[utoipa::path(
+    post,
+    path = "/v1/endpoints/{id}/test",
+    tag = "endpoints",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
+    responses(
+        (status = 202, description = "The delivery, due now", body = DeliveryView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn test_endpoint(
     State(state): State<AppState>,
     Org(org): Org,

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::domain::Invalid;
 use crate::store::StoreError;
@@ -34,29 +35,56 @@ pub enum ApiError {
     Internal(#[from] StoreError),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, field) = match &self {
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+/// What went wrong, for the caller's code (`code`, `field`) and for the person reading it (`message`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// For code to branch on: `bad_request`, `unauthorized`, `not_found`, `invalid`, `endpoint_disabled`,
+    /// `payload_too_large` or `internal`.
+    #[schema(value_type = String, example = "invalid")]
+    pub code: &'static str,
+    /// What to fix, in words.
+    pub message: String,
+    /// On 422 only: the field to change, dotted for nested fields (`call_details.duration`), `body` for the body
+    /// as a whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// The status and body this error answers with. Kept apart from [`IntoResponse`] so the OpenAPI document's
+    /// examples are made by the same code as real answers.
+    pub fn envelope(&self) -> (StatusCode, ErrorEnvelope) {
+        let (status, code, field) = match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", None),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             Self::Invalid(invalid) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some(invalid.field.clone())),
             Self::Conflict(code, _) => (StatusCode::CONFLICT, *code, None),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
-            Self::Internal(error) => {
-                tracing::error!(%error, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
-            }
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
-        let message = match &self {
+        let message = match self {
             Self::Internal(_) => "internal error".to_owned(),
             Self::Invalid(invalid) => format!("{} {}", invalid.field, invalid.message),
             other => other.to_string(),
         };
-        let mut error = json!({"code": code, "message": message});
-        if let Some(field) = field {
-            error["field"] = json!(field);
+        (status, ErrorEnvelope { error: ErrorBody { code, message, field } })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(error) = &self {
+            tracing::error!(%error, "request failed");
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let (status, envelope) = self.envelope();
+        (status, Json(envelope)).into_response()
     }
 }

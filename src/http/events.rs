@@ -6,18 +6,50 @@ use axum::extract::State;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{List, Org, PathId};
-use super::views::{EventView, ListView};
+use super::openapi::{BadRequest, Internal, NotFound, PageParams, Unauthorized, Unprocessable};
+use super::views::{EventList, EventView, ListView};
 use crate::domain::ids;
 
+/// List events
+///
+/// Newest first, a page at a time, each with the exact payload its deliveries send.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    security(("api_key" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "One page of events", body = EventList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn list_events(
     State(state): State<AppState>,
     Org(org): Org,
     List(params): List,
-) -> Result<Json<ListView<EventView>>, ApiError> {
+) -> Result<Json<EventList>, ApiError> {
     let page = state.store.list_events(&org, params.page()?).await?;
     Ok(Json(ListView::from_page(&page)))
 }
 
+/// Read an event
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "events",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The event's id, `evt_…`")),
+    responses(
+        (status = 200, description = "The event", body = EventView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub async fn get_event(
     State(state): State<AppState>,
     Org(org): Org,

@@ -22,6 +22,7 @@ pub mod extract;
 mod health;
 mod interviews;
 pub mod keys;
+pub mod openapi;
 pub mod views;
 
 /// What every handler can reach.
@@ -44,14 +45,18 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface. `api` false serves only health and metrics (a worker-only process).
+/// The whole HTTP surface. `api` false serves only health and metrics (a worker-only process), and not the
+/// OpenAPI document either, since it describes routes such a process does not have.
 pub fn router(state: AppState, api: bool) -> Router {
     let operator = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics));
     let router = if api {
+        let document =
+            Router::new().route("/openapi.json", get(openapi::get_openapi)).with_state(openapi::Document::new());
         operator
+            .merge(document)
             .route("/v1/endpoints", post(endpoints::create_endpoint).get(endpoints::list_endpoints))
             .route(
                 "/v1/endpoints/{id}",

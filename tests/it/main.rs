@@ -11,6 +11,7 @@
 //! | `endpoints` | endpoint lifecycle, event-type filtering, lists and filters |
 //! | `errors` | every caller mistake answers the right 4xx in the one envelope |
 //! | `isolation` | one organization never sees another's rows |
+//! | `openapi` | `/openapi.json` equals the snapshot in `docs/openapi.json` and describes every route |
 //! | `crash` | the real binary killed with SIGKILL loses no event |
 //! | `store` | the store conformance suite: leases, claims, retries, cursors |
 //! | `scale` | several `tidings` processes on one PostgreSQL: all delivered once, a killed one loses nothing |
@@ -28,6 +29,7 @@ mod endpoints;
 mod errors;
 mod helpers;
 mod isolation;
+mod openapi;
 mod process;
 mod retries;
 mod scale;
