@@ -166,10 +166,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         arrivals: Mutex::new(HashMap::new()),
         arrived: tokio::sync::Notify::new(),
     });
-    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let receiver_url = format!("http://{}/hook", receiver.local_addr()?);
-    let app = Router::new().fallback(receive).with_state(sink.clone());
-    tokio::spawn(async move { axum::serve(receiver, app).await });
+    let receiver_url = spawn_receiver(sink.clone())?;
 
     let server = start_server(&database).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).tcp_nodelay(true).build()?;
@@ -239,6 +236,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         print_report(&report);
     }
     Ok(())
+}
+
+/// Starts the receiver on a runtime and thread of its own, as a separate service would be, and answers its
+/// URL. Sharing the load generator's worker threads made the ceiling swing between runs with how the
+/// connections happened to be spread over them.
+fn spawn_receiver(sink: Arc<Sink>) -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    std::thread::Builder::new().name("bench-receiver".into()).spawn(move || {
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let app = Router::new().fallback(receive).with_state(sink);
+            axum::serve(listener, app).await
+        })
+    })?;
+    Ok(url)
 }
 
 fn progress(text: &str) {
