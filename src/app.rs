@@ -16,6 +16,10 @@ use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::store::{self, Handoff};
 
+/// Deliveries that may wait in the handoff per attempt slot: enough that a burst of fan-out is started
+/// from memory rather than claimed back from the store, few enough that a claim waits well under its lease.
+const HANDOFF_PER_SLOT: usize = 4;
+
 /// Runs the service on `listener` until `shutdown` resolves: the API (unless `config.api` is false, when only
 /// health and metrics are served) and the delivery workers (unless `config.workers` is false). On shutdown
 /// the server stops taking requests, workers stop claiming, and attempts in flight are finished and recorded.
@@ -29,7 +33,7 @@ pub async fn run(
     // A process that delivers takes the deliveries it writes straight to its own workers.
     let handoff = config
         .workers
-        .then(|| Arc::new(Handoff::new(config.max_in_flight, lease_for(config.attempt_timeout), wake.clone())));
+        .then(|| Arc::new(Handoff::new(HANDOFF_PER_SLOT * config.max_in_flight, lease_for(config.attempt_timeout))));
     let store = store::open_with(&config.database, handoff.clone()).await?;
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();

@@ -22,8 +22,13 @@ pub use sender::Sender;
 
 /// Most deliveries claimed in one query.
 const CLAIM_BATCH: usize = 128;
+/// Fewest free slots worth a claim query while other attempts are in flight.
+const CLAIM_MIN: usize = 16;
 /// Most attempt results written in one transaction.
 const RECORD_BATCH: usize = 512;
+/// How long the recorder waits for more results before writing a batch that is not full. Recording does not
+/// delay delivery, only the freeing of the slot.
+const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// How much longer than the attempt timeout a claim is held: time to record the result.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// The least time left on a handed-off claim's lease, beyond the attempt timeout, for it to be started.
@@ -122,11 +127,22 @@ impl Dispatcher {
             self.metrics.clone(),
             self.wake.clone(),
             self.in_flight.clone(),
+            self.handoff.clone(),
         ));
         let watcher = {
             let (store, wake, stop) = (self.store.clone(), self.wake.clone(), shutdown.clone());
             tokio::spawn(async move { store.watch_for_work(wake, stop).await })
         };
+        let starter = self.handoff.clone().map(|handoff| {
+            let starter = Starter {
+                handoff,
+                attempt: self.attempt(&results),
+                max_in_flight: self.config.max_in_flight,
+                endpoint_concurrency: self.config.endpoint_concurrency,
+                attempt_timeout: self.config.attempt_timeout,
+            };
+            tokio::spawn(starter.run(shutdown.clone()))
+        });
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if shutdown.is_cancelled() {
@@ -134,8 +150,11 @@ impl Dispatcher {
             }
             // Reap finished tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
-            self.start_handed_off(&results, &mut tasks);
-            let (free, exclude) = self.capacity();
+            let (mut free, exclude) = self.capacity();
+            if free < CLAIM_MIN && free < self.config.max_in_flight {
+                // Attempts are in flight and will free more slots soon: claim for several at once then.
+                free = 0;
+            }
             let mut claimed = 0;
             if free > 0 {
                 match self.claim(free.min(CLAIM_BATCH), &exclude).await {
@@ -169,26 +188,12 @@ impl Dispatcher {
         }
         let drain = self.config.attempt_timeout + Duration::from_secs(5);
         let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        if let Some(starter) = starter {
+            let _ = starter.await;
+        }
         drop(results);
         let _ = recorder.await;
         let _ = watcher.await;
-    }
-
-    /// Starts the handed-off deliveries there are slots for.
-    fn start_handed_off(&self, results: &mpsc::Sender<AttemptResult>, tasks: &mut tokio::task::JoinSet<()>) {
-        let Some(handoff) = &self.handoff else { return };
-        let claims = {
-            let mut in_flight = self.in_flight();
-            let free = self.config.max_in_flight.saturating_sub(in_flight.total);
-            if free == 0 {
-                return;
-            }
-            let per_endpoint = self.config.endpoint_concurrency;
-            handoff.take(free, self.config.attempt_timeout + START_MARGIN, |claim| in_flight.admit(claim, per_endpoint))
-        };
-        for claim in claims {
-            self.start(claim, results, tasks);
-        }
     }
 
     /// Free slots overall, and the endpoints that have no free slot.
@@ -232,16 +237,21 @@ impl Dispatcher {
         }
     }
 
-    /// Starts the attempt of a claim that has its slots.
-    fn start(&self, claim: Claim, results: &mpsc::Sender<AttemptResult>, tasks: &mut tokio::task::JoinSet<()>) {
-        let attempt = Attempt {
+    /// What an attempt's task needs.
+    fn attempt(&self, results: &mpsc::Sender<AttemptResult>) -> Attempt {
+        Attempt {
             sender: self.sender.clone(),
             retry: self.config.retry.clone(),
             results: results.clone(),
             in_flight: self.in_flight.clone(),
             wake: self.wake.clone(),
-        };
-        tasks.spawn(attempt.run(claim));
+            handoff: self.handoff.clone(),
+        }
+    }
+
+    /// Starts the attempt of a claim that has its slots.
+    fn start(&self, claim: Claim, results: &mpsc::Sender<AttemptResult>, tasks: &mut tokio::task::JoinSet<()>) {
+        tasks.spawn(self.attempt(results).run(claim));
     }
 
     /// How long to sleep when there is nothing to claim now: until the next scheduled retry, at most one poll
@@ -263,20 +273,72 @@ impl Dispatcher {
     }
 }
 
+/// Starts handed-off deliveries as soon as they are queued and have slots, on a task of its own so they never
+/// wait behind the claim loop's queries.
+struct Starter {
+    handoff: Arc<Handoff>,
+    attempt: Attempt,
+    max_in_flight: usize,
+    endpoint_concurrency: usize,
+    attempt_timeout: Duration,
+}
+
+impl Starter {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            for claim in self.take() {
+                tasks.spawn(self.attempt.clone().run(claim));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.handoff.ready() => {}
+            }
+        }
+        let drain = self.attempt_timeout + Duration::from_secs(5);
+        let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+    }
+
+    /// The queued claims there are slots for, their slots taken.
+    fn take(&self) -> Vec<Claim> {
+        let mut in_flight = self.attempt.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let free = self.max_in_flight.saturating_sub(in_flight.total);
+        if free == 0 {
+            return Vec::new();
+        }
+        let per_endpoint = self.endpoint_concurrency;
+        self.handoff.take(free, self.attempt_timeout + START_MARGIN, |claim| in_flight.admit(claim, per_endpoint))
+    }
+}
+
 /// One attempt's task, with what it needs once the claim loop has moved on.
+#[derive(Clone)]
 struct Attempt {
     sender: Sender,
     retry: Arc<RetryPolicy>,
     results: mpsc::Sender<AttemptResult>,
     in_flight: Arc<Mutex<InFlight>>,
     wake: Arc<Notify>,
+    /// Rung with `wake` when a slot frees, for handed-off claims waiting for one.
+    handoff: Option<Arc<Handoff>>,
+}
+
+impl Attempt {
+    /// A slot may have freed: both the claim loop and the handoff may start more.
+    fn slot_freed(wake: &Notify, handoff: &Option<Arc<Handoff>>) {
+        wake.notify_one();
+        if let Some(handoff) = handoff {
+            handoff.ring();
+        }
+    }
 }
 
 impl Attempt {
     async fn run(self, claim: Claim) {
         let attempt = self.sender.send(&claim).await;
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).answered(&claim.endpoint_id);
-        self.wake.notify_one();
+        Attempt::slot_freed(&self.wake, &self.handoff);
         let scheduled = claim.scheduled_count + u32::from(claim.trigger == Trigger::Scheduled);
         let next = self.retry.next(attempt.error.is_none(), scheduled, now_ms());
         if attempt.error.is_some() {
@@ -304,9 +366,19 @@ async fn record_loop(
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     in_flight: Arc<Mutex<InFlight>>,
+    handoff: Option<Arc<Handoff>>,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        // Results come back one by one; a moment's wait gathers the ones close behind into the same write.
+        let linger = tokio::time::Instant::now() + RECORD_LINGER;
+        while batch.len() < RECORD_BATCH {
+            let room = RECORD_BATCH - batch.len();
+            match tokio::time::timeout_at(linger, receiver.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
         let results: Arc<[AttemptResult]> = batch.drain(..).collect();
         let mut tries = 0;
         loop {
@@ -331,6 +403,6 @@ async fn record_loop(
             in_flight.total = in_flight.total.saturating_sub(results.len());
         }
         // Slots are free and recorded retries change when work is next due: let the claim loop look again.
-        wake.notify_one();
+        Attempt::slot_freed(&wake, &handoff);
     }
 }

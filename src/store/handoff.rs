@@ -27,8 +27,8 @@ pub struct Handoff {
     state: Mutex<State>,
     /// Closed at shutdown: deliveries written from then on are left for the store's queue.
     open: AtomicBool,
-    /// Rung when claims are queued.
-    wake: Arc<Notify>,
+    /// Rung when claims are queued and when a slot to start one may have freed.
+    ready: Notify,
 }
 
 #[derive(Default)]
@@ -51,14 +51,24 @@ pub struct Reservation {
 }
 
 impl Handoff {
-    pub fn new(capacity: usize, lease: Duration, wake: Arc<Notify>) -> Self {
+    pub fn new(capacity: usize, lease: Duration) -> Self {
         Self {
             capacity,
             lease: lease.as_millis() as Millis,
             state: Mutex::default(),
             open: AtomicBool::new(true),
-            wake,
+            ready: Notify::new(),
         }
+    }
+
+    /// Waits until claims may be ready to start.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Says that a slot may have freed, so queued claims waiting for one can be looked at again.
+    pub fn ring(&self) {
+        self.ready.notify_one();
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -170,7 +180,7 @@ impl Reservation {
             state.reserved -= self.places;
             state.queue.extend(claims);
         }
-        handoff.wake.notify_one();
+        handoff.ring();
     }
 }
 

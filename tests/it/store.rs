@@ -214,7 +214,7 @@ on_both_stores! {
     /// store's queue does not offer it while the lease lasts, offers it again once it runs out (the crash
     /// case), and a result recorded under the handed-over lease finishes it.
     async fn handed_off_deliveries_skip_the_queue_until_their_lease_ends() {
-        let handoff = Arc::new(Handoff::new(8, Duration::from_secs(60), Arc::default()));
+        let handoff = Arc::new(Handoff::new(8, Duration::from_secs(60)));
         let f = fixture_with(Some(handoff.clone())).await;
         let endpoint = f.endpoint(true).await;
         let patch = InterviewPatch::parse(&serde_json::json!({"interview_outcome": "qualified"})).unwrap();
@@ -248,7 +248,7 @@ on_both_stores! {
     /// The handoff is bounded: deliveries beyond its room, and deliveries to a disabled endpoint, wait in the
     /// store's queue; handed-off claims given back are due at once; a closed handoff takes nothing.
     async fn the_handoff_is_bounded_and_gives_back_what_it_holds() {
-        let handoff = Arc::new(Handoff::new(2, Duration::from_secs(60), Arc::default()));
+        let handoff = Arc::new(Handoff::new(2, Duration::from_secs(60)));
         let f = fixture_with(Some(handoff.clone())).await;
         for _ in 0..3 {
             f.endpoint(true).await;
