@@ -277,4 +277,31 @@ on_both_stores! {
         f.events(1).await;
         assert!(handoff.take(10, Duration::from_secs(1), |_| true).is_empty(), "closed");
     }
+
+    /// Writes committed together stand or fall alone: one that fails (an event for an organization that does
+    /// not exist breaks a foreign key) among many sent at once is refused, and every other is kept.
+    async fn a_failing_write_leaves_the_others_of_its_batch_alone() {
+        let f = fixture().await;
+        f.endpoint(true).await;
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let (store, org) = (f.store.clone(), if i == 20 { "org_missing".to_owned() } else { f.org.clone() });
+            writes.spawn(async move {
+                let payload = format!("{{\"n\":{i}}}");
+                (i, store.create_event(&org, EVENT_TYPE, &payload, Fanout::Subscribed).await.is_ok())
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = writes.join_next().await {
+            outcomes.push(outcome.unwrap());
+        }
+        outcomes.sort();
+        for (i, ok) in &outcomes {
+            assert_eq!(*ok, *i != 20, "write {i}");
+        }
+        let events = f.store.list_events(&f.org, PageRequest { limit: 100, before: None }).await.unwrap();
+        assert_eq!(events.items.len(), 39);
+        let due = f.store.claim_due(NOW, NOW + 1_000, 100, &[]).await.unwrap();
+        assert_eq!(due.len(), 39, "each kept event has its delivery");
+    }
 }
