@@ -1,7 +1,7 @@
 //! Interviews and their `interview.updated` events: parsing a merge update, applying it, and computing the
 //! `changes` diff exactly as the public contract describes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Invalid;
@@ -25,7 +25,7 @@ pub const MAX_CANDIDATE_ID: usize = 255;
 
 /// The current state of one candidate's interview: the `data` object of the contract. Every field is
 /// always present when written out, `null` when unknown.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Interview {
     pub candidate_id: String,
     /// RFC 3339 in UTC with `Z`.
@@ -78,15 +78,14 @@ impl Interview {
         }
     }
 
-    /// The value of field `FIELDS[index]` as JSON.
-    fn value(&self, index: usize) -> Value {
-        let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+    /// The value of field `FIELDS[index]`, borrowed.
+    fn field(&self, index: usize) -> Field<'_> {
         match index {
-            0 => text(&self.interview_completed_at),
-            1 => text(&self.interview_sent_at),
-            2 => text(&self.interview_outcome),
-            3 => text(&self.interview_summary),
-            _ => self.interview_custom_data.clone().map_or(Value::Null, Value::Object),
+            0 => Field::Text(self.interview_completed_at.as_deref()),
+            1 => Field::Text(self.interview_sent_at.as_deref()),
+            2 => Field::Text(self.interview_outcome.as_deref()),
+            3 => Field::Text(self.interview_summary.as_deref()),
+            _ => Field::Object(self.interview_custom_data.as_ref()),
         }
     }
 
@@ -117,14 +116,7 @@ impl Interview {
 
     /// Reads the stored form back; `None` if it is not an interview (which only a damaged store produces).
     pub fn from_json(text: &str) -> Option<Self> {
-        let value: Value = serde_json::from_str(text).ok()?;
-        let object = value.as_object()?;
-        let candidate_id = object.get("candidate_id")?.as_str()?.to_owned();
-        let mut interview = Self::empty(candidate_id);
-        for (index, name) in FIELDS.iter().enumerate() {
-            interview.set(index, object.get(*name).cloned().unwrap_or(Value::Null));
-        }
-        Some(interview)
+        serde_json::from_str(text).ok()
     }
 
     /// Applies a merge update and computes the event it causes. `changes` holds exactly the fields whose
@@ -134,25 +126,51 @@ impl Interview {
         for (index, value) in &patch.values {
             next.set(*index, value.clone());
         }
-        let mut changes = Map::new();
-        for (index, name) in FIELDS.iter().enumerate() {
-            let (from, to) = (self.value(index), next.value(index));
-            if from != to {
-                let mut change = Map::new();
-                change.insert("from".into(), from);
-                change.insert("to".into(), to);
-                changes.insert((*name).into(), Value::Object(change));
-            }
-        }
-        let event_body = (!changes.is_empty()).then(|| {
-            let mut body = Map::new();
-            body.insert("event".into(), Value::String(BODY_EVENT.into()));
-            body.insert("changes".into(), Value::Object(changes));
-            body.insert("data".into(), serde_json::to_value(&next).unwrap_or(Value::Null));
-            Value::Object(body).to_string()
+        let changed: Vec<(&str, Change)> = FIELDS
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (*name, Change { from: self.field(index), to: next.field(index) }))
+            .filter(|(_, change)| change.from != change.to)
+            .collect();
+        // Written straight from the two states, with no JSON tree built and copied on the way.
+        let event_body = (!changed.is_empty()).then(|| {
+            let body = Body { event: BODY_EVENT, changes: Changes(&changed), data: &next };
+            serde_json::to_string(&body).unwrap_or_default()
         });
         Applied { interview: next, event_body }
     }
+}
+
+/// One field's value, borrowed: compared and written out without being copied into a JSON value.
+#[derive(PartialEq, Serialize)]
+#[serde(untagged)]
+enum Field<'a> {
+    Text(Option<&'a str>),
+    Object(Option<&'a Map<String, Value>>),
+}
+
+/// One entry of `changes`.
+#[derive(Serialize)]
+struct Change<'a> {
+    from: Field<'a>,
+    to: Field<'a>,
+}
+
+/// `changes`: the fields that differ, in contract order.
+struct Changes<'a>(&'a [(&'a str, Change<'a>)]);
+
+impl Serialize for Changes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, change)| (name, change)))
+    }
+}
+
+/// The `interview.updated` body, in the contract's key order.
+#[derive(Serialize)]
+struct Body<'a> {
+    event: &'a str,
+    changes: Changes<'a>,
+    data: &'a Interview,
 }
 
 impl InterviewPatch {
@@ -280,6 +298,10 @@ mod tests {
             .apply(&patch(json!({"interview_custom_data": {"a": [1, 2]}, "interview_outcome": "ai_opt_out"})))
             .interview;
         assert_eq!(Interview::from_json(&interview.to_json()).unwrap(), interview);
+        // A field missing from the stored form reads as null; something that is not an interview does not read.
+        assert_eq!(Interview::from_json(r#"{"candidate_id":"c2"}"#).unwrap(), Interview::empty("c2"));
+        assert!(Interview::from_json(r#"{"interview_outcome":"qualified"}"#).is_none());
+        assert!(Interview::from_json("[]").is_none());
     }
 
     #[test]
