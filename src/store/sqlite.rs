@@ -350,11 +350,9 @@ fn insert_event(
     reservation: &mut Reservation,
 ) -> Result<EventRecord> {
     let id = ids::new_id(ids::EVENT);
-    let seq: i64 = c
-        .prepare_cached(
-            "INSERT INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?) RETURNING seq",
-        )?
-        .query_row(params![id, org, event_type, payload, now], |r| r.get(0))?;
+    c.prepare_cached("INSERT INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?)")?
+        .execute(params![id, org, event_type, payload, now])?;
+    let seq = c.last_insert_rowid();
     let mut targets = match fanout {
         Fanout::Subscribed => c.prepare_cached(
             "SELECT id, enabled, url, secret, previous_secret, previous_secret_until FROM endpoints \
