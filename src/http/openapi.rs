@@ -39,8 +39,9 @@ use crate::store::{DeliveryStatus, StoreError, Trigger};
             `candidate.interview.updated` event carrying a diff of what changed, and delivers events to the \
             endpoints you registered: signed (Standard Webhooks), retried, and with every attempt logged.\n\n\
             Every `/v1` call takes an API key and sees only its own organization's rows: another organization's \
-            ids answer 404. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}` (`field` on 422 only). \
-            Lists answer `{\"data\": [...], \"next_cursor\"}`, newest first.\n\n\
+            ids answer 404. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}` (`field` on 422 only); \
+            a method a path does not answer is 405 `method_not_allowed`, with an `Allow` header. Lists answer \
+            `{\"data\": [...], \"next_cursor\"}`, newest first.\n\n\
             `webhooks` describes the POSTs your endpoints receive."
     ),
     paths(

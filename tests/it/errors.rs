@@ -1,6 +1,8 @@
 //! Every caller mistake answers the right 4xx in the one envelope `{"error":{"code","message"[,"field"]}}`.
 
-use axum::http::{Method, StatusCode};
+use std::collections::BTreeSet;
+
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -12,6 +14,23 @@ fn assert_422(status: StatusCode, body: &Value, field: &str, what: &str) -> Valu
     let error = assert_error_envelope(body);
     assert_eq!(error["field"], field, "{what}: the error names the field: {body}");
     error.clone()
+}
+
+/// Expects the envelope with this status and code; answers the error object.
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str, what: &str) -> Value {
+    assert_eq!(status, expected, "{what}: {body}");
+    let error = assert_error_envelope(body);
+    assert_eq!(error["code"], code, "{what}: {body}");
+    error.clone()
+}
+
+/// The methods of an `Allow` header, upper-cased.
+fn allowed(headers: &HeaderMap, what: &str) -> BTreeSet<String> {
+    let allow = headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{what}: a 405 carries an Allow header: {headers:?}"));
+    allow.split(',').map(|m| m.trim().to_uppercase()).filter(|m| !m.is_empty()).collect()
 }
 
 on_both_stores! {
@@ -369,5 +388,66 @@ on_both_stores! {
         assert_eq!(status, StatusCode::OK, "{body}");
         let text = body.as_str().unwrap_or_default();
         assert!(text.contains("# TYPE"), "Prometheus text exposition: {text}");
+    }
+
+    async fn wrong_method_is_405_naming_the_allowed_ones() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let ep = app.a.create_endpoint(&receiver.url()).await;
+        let ep_id = ep["id"].as_str().unwrap().to_owned();
+        let cases: Vec<(Method, String, &[&str])> = vec![
+            (Method::PUT, "/v1/endpoints".into(), &["GET", "POST"]),
+            (Method::DELETE, "/v1/endpoints".into(), &["GET", "POST"]),
+            (Method::POST, format!("/v1/endpoints/{ep_id}"), &["GET", "PATCH", "DELETE"]),
+            (Method::PUT, format!("/v1/endpoints/{ep_id}"), &["GET", "PATCH", "DELETE"]),
+            (Method::DELETE, format!("/v1/endpoints/{ep_id}/secret"), &["GET"]),
+            (Method::GET, format!("/v1/endpoints/{ep_id}/rotate-secret"), &["POST"]),
+            (Method::POST, "/v1/interviews/cand_x".into(), &["GET", "PATCH"]),
+            (Method::GET, "/v1/calls".into(), &["POST"]),
+            (Method::POST, "/v1/events".into(), &["GET"]),
+            (Method::PATCH, "/v1/deliveries".into(), &["GET"]),
+            (Method::GET, "/v1/deliveries/dlv_x/retry".into(), &["POST"]),
+            (Method::POST, "/healthz".into(), &["GET"]),
+        ];
+        for (method, path, expected) in cases {
+            // With a key and without: the method is wrong whoever asks.
+            for api in [&app.a, &app.anon] {
+                let what = format!("{method} {path}");
+                let body = Some(serde_json::to_vec(&json!({ "url": receiver.url() })).unwrap());
+                let (status, headers, answer) =
+                    api.raw_with_headers(method.clone(), &path, Some("application/json"), body).await;
+                let error = assert_error(status, &answer, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &what);
+                let allow = allowed(&headers, &what);
+                let message = error["message"].as_str().unwrap();
+                assert!(message.contains(method.as_str()), "{what}: the message names the method: {message}");
+                for m in expected {
+                    assert!(allow.contains(*m), "{what}: Allow {allow:?} has {m}");
+                    assert!(message.contains(m), "{what}: the message names {m}: {message}");
+                }
+                assert!(!allow.contains(method.as_str()), "{what}: Allow {allow:?} does not list the method refused");
+            }
+        }
+        assert_eq!(app.a.list("/v1/endpoints").await.len(), 1, "the refused PUT and POST created nothing");
+    }
+
+    async fn unknown_paths_under_v1_are_404_in_the_envelope() {
+        let app = TestApp::spawn().await;
+        for path in [
+            "/v1",
+            "/v1/",
+            "/v1/nope",
+            "/v1/endpoint",
+            "/v1/endpoints/",
+            "/v1/endpoints/ep_x/secrets",
+            "/v1/endpoints/ep_x/test/again",
+            "/v1/deliveries/dlv_x/attempts",
+            "/v2/endpoints",
+        ] {
+            for (method, api) in [(Method::GET, &app.a), (Method::POST, &app.a), (Method::GET, &app.anon)] {
+                let what = format!("{method} {path}");
+                let (status, answer) = api.send(method.clone(), path, None).await;
+                assert_error(status, &answer, StatusCode::NOT_FOUND, "not_found", &what);
+            }
+        }
     }
 }
