@@ -24,7 +24,12 @@ impl FromRequestParts<AppState> for Org {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
-        let key = header.strip_prefix("Bearer ").map(str::trim).ok_or(ApiError::Unauthorized)?;
+        let (scheme, key) = header.trim_start().split_once(' ').ok_or(ApiError::Unauthorized)?;
+        // Authentication schemes are case-insensitive (RFC 9110 §11.1): `bearer` is as good as `Bearer`.
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::Unauthorized);
+        }
+        let key = key.trim();
         if !key.starts_with(apikey::PREFIX) {
             return Err(ApiError::Unauthorized);
         }

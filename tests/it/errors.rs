@@ -450,4 +450,39 @@ on_both_stores! {
             }
         }
     }
+
+    async fn the_bearer_scheme_is_case_insensitive() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let key = app.a.key.clone().unwrap();
+        let http = reqwest::Client::new();
+        for scheme in ["bearer", "BEARER", "bEaReR", "Bearer "] {
+            let response = http
+                .post(format!("{}/v1/endpoints", app.base))
+                .header("authorization", format!("{scheme} {key}"))
+                .header("content-type", "application/json")
+                .body(json!({ "url": receiver.url(), "description": scheme }).to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, StatusCode::CREATED, "authorization: {scheme:?} <key>: {body}");
+            assert_eq!(body["description"], scheme, "the endpoint belongs to the key's organization");
+        }
+        assert_eq!(app.a.list("/v1/endpoints").await.len(), 4);
+        assert!(app.b.list("/v1/endpoints").await.is_empty(), "none went to another organization");
+        // Any case of the scheme, but still only a known key.
+        for header in ["bearer tdk_thisisnotarealkey0000000000000000", "BEARER hunter2", "bearer", "bearerx {key}"] {
+            let response = http
+                .get(format!("{}/v1/endpoints", app.base))
+                .header("authorization", header.replace("{key}", &key))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized", &format!("authorization: {header}"));
+        }
+    }
 }
