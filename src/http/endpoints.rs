@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::actions::{TEST_ON_DISABLED, TestEvent};
 use super::error::ApiError;
-use super::extract::{Fields, JsonBody, List, Org, PathId};
+use super::extract::{Fields, JsonBody, List, Org, PageQuery, PathId};
 use super::openapi::{
     BadRequest, Conflict, EndpointPatchBody, Internal, NewEndpointBody, NotFound, PageParams, TooLarge, Unauthorized,
     Unprocessable,
@@ -98,7 +98,7 @@ pub async fn create_endpoint(
 
 /// List endpoints
 ///
-/// Newest first, a page at a time.
+/// Newest first, a page at a time. Any query parameter besides `cursor` and `limit` answers 400.
 #[utoipa::path(
     get,
     path = "/v1/endpoints",
@@ -116,7 +116,7 @@ pub async fn create_endpoint(
 pub async fn list_endpoints(
     State(state): State<AppState>,
     Org(org): Org,
-    List(params): List,
+    List(params): List<PageQuery>,
 ) -> Result<Json<EndpointList>, ApiError> {
     let page = state.store.list_endpoints(&org, params.page()?).await?;
     Ok(Json(ListView::from_page(&page)))

@@ -8,6 +8,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use secrecy::SecretString;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::AppState;
@@ -75,14 +76,50 @@ impl FromRequestParts<AppState> for PathId {
     }
 }
 
-/// `?limit=&cursor=` of every list.
+/// The query parameters of one list: the names it takes, so any other answers 400 instead of being ignored
+/// (a misspelled filter that silently matched everything would be worse than an error).
+pub trait ListQuery: DeserializeOwned {
+    /// Every parameter this list reads; a unit test holds it to the struct's fields.
+    const NAMES: &'static [&'static str];
+}
+
+/// `?cursor=&limit=`: all that `GET /v1/endpoints` and `GET /v1/events` take.
 #[derive(Debug, Deserialize, Default)]
-pub struct ListParams {
-    pub limit: Option<String>,
+pub struct PageQuery {
     pub cursor: Option<String>,
+    pub limit: Option<String>,
+}
+
+impl ListQuery for PageQuery {
+    const NAMES: &'static [&'static str] = &["cursor", "limit"];
+}
+
+/// `GET /v1/deliveries`: a page, and filters that combine.
+#[derive(Debug, Deserialize, Default)]
+pub struct DeliveryQuery {
+    pub cursor: Option<String>,
+    pub limit: Option<String>,
     pub endpoint_id: Option<String>,
     pub event_id: Option<String>,
     pub status: Option<String>,
+}
+
+impl ListQuery for DeliveryQuery {
+    const NAMES: &'static [&'static str] = &["cursor", "limit", "endpoint_id", "event_id", "status"];
+}
+
+impl PageQuery {
+    /// The page asked for, checked.
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        page(self.limit.as_deref(), self.cursor.as_deref())
+    }
+}
+
+impl DeliveryQuery {
+    /// The page asked for, checked.
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        page(self.limit.as_deref(), self.cursor.as_deref())
+    }
 }
 
 /// Default page size.
@@ -90,41 +127,57 @@ pub const DEFAULT_LIMIT: u32 = 50;
 /// Largest page size.
 pub const MAX_LIMIT: u32 = 250;
 
-impl ListParams {
-    /// The page asked for, checked.
-    pub fn page(&self) -> Result<PageRequest, ApiError> {
-        let limit = match self.limit.as_deref() {
-            None => DEFAULT_LIMIT,
-            Some(text) => text
-                .parse::<u32>()
+fn page(limit: Option<&str>, cursor: Option<&str>) -> Result<PageRequest, ApiError> {
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| Invalid::new("limit", format!("must be a whole number from 1 to {MAX_LIMIT}")))?,
+    };
+    let before = match cursor {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse::<i64>()
                 .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| Invalid::new("limit", format!("must be a whole number from 1 to {MAX_LIMIT}")))?,
-        };
-        let before = match self.cursor.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(
-                text.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| Invalid::new("cursor", "is not a cursor this API gave out"))?,
-            ),
-        };
-        Ok(PageRequest { limit, before })
-    }
+                .filter(|n| *n > 0)
+                .ok_or_else(|| Invalid::new("cursor", "is not a cursor this API gave out"))?,
+        ),
+    };
+    Ok(PageRequest { limit, before })
 }
 
-/// List parameters from the query string; an unreadable query string answers 400.
-pub struct List(pub ListParams);
+/// A list's parameters from the query string. A parameter the list does not take, or a query string that
+/// cannot be read, answers 400.
+pub struct List<Q>(pub Q);
 
-impl FromRequestParts<AppState> for List {
+impl<Q: ListQuery> FromRequestParts<AppState> for List<Q> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Query(params) = Query::<ListParams>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let query = parts.uri.query().unwrap_or_default();
+        if let Some((name, _)) =
+            url::form_urlencoded::parse(query.as_bytes()).find(|(name, _)| !Q::NAMES.contains(&name.as_ref()))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "`{}` is not a query parameter of this list; it takes {}",
+                shown(&name),
+                Q::NAMES.join(", ")
+            )));
+        }
+        let Query(params) =
+            Query::<Q>::from_request_parts(parts, state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         Ok(Self(params))
+    }
+}
+
+/// Caller text quoted in a message, cut short so a huge value does not make a huge answer.
+fn shown(text: &str) -> String {
+    const MAX_CHARS: usize = 100;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -171,5 +224,19 @@ impl<'a> Fields<'a> {
                 .map(Some),
             Some(_) => Err(Invalid::new(name, "must be an array of strings")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_caller_text_is_cut_short() {
+        assert_eq!(shown("status"), "status");
+        let long = "é".repeat(300);
+        let cut = shown(&long);
+        assert_eq!(cut.chars().count(), 101, "100 characters and an ellipsis");
+        assert!(cut.ends_with('…'));
     }
 }

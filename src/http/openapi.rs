@@ -41,7 +41,8 @@ use crate::store::{DeliveryStatus, StoreError, Trigger};
             Every `/v1` call takes an API key and sees only its own organization's rows: another organization's \
             ids answer 404. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}` (`field` on 422 only); \
             a method a path does not answer is 405 `method_not_allowed`, with an `Allow` header. Lists answer \
-            `{\"data\": [...], \"next_cursor\"}`, newest first.\n\n\
+            `{\"data\": [...], \"next_cursor\"}`, newest first, and take only the query parameters they describe: \
+            any other answers 400.\n\n\
             `webhooks` describes the POSTs your endpoints receive."
     ),
     paths(
@@ -142,7 +143,8 @@ macro_rules! error_responses {
 }
 
 error_responses! {
-    BadRequest: "The body is not JSON, or the query string cannot be read.",
+    BadRequest: "The body is not JSON, or the query string cannot be read or names a parameter the operation does \
+        not take.",
         ApiError::BadRequest("malformed JSON: expected value at line 1 column 1".into());
     Unauthorized: "No `Authorization: Bearer tdk_…` header, or a key that is not known.",
         ApiError::Unauthorized;
@@ -279,7 +281,7 @@ impl Modify for Webhooks {
 /// `?cursor=&limit=` of every list.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code, reason = "described, never built: handlers read `extract::ListParams`")]
+#[allow(dead_code, reason = "described, never built: handlers read `extract::PageQuery` and `DeliveryQuery`")]
 pub struct PageParams {
     /// The `next_cursor` of the page before; leave it out for the first page.
     cursor: Option<String>,
@@ -291,7 +293,7 @@ pub struct PageParams {
 /// The filters of `GET /v1/deliveries`; they combine.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code, reason = "described, never built: handlers read `extract::ListParams`")]
+#[allow(dead_code, reason = "described, never built: handlers read `extract::PageQuery` and `DeliveryQuery`")]
 pub struct DeliveryFilters {
     /// Only deliveries to this endpoint (`ep_…`).
     endpoint_id: Option<String>,
@@ -650,7 +652,7 @@ impl ToSchema for EndpointPatchBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::extract::{ListParams, MAX_LIMIT};
+    use crate::http::extract::{DeliveryQuery, ListQuery, MAX_LIMIT, PageQuery};
 
     fn document() -> Value {
         serde_json::to_value(ApiDoc::openapi()).unwrap()
@@ -696,27 +698,44 @@ mod tests {
     fn list_parameters_are_the_ones_read() {
         let doc = document();
         let names = |path: &str| -> Vec<String> {
-            doc["paths"][path]["get"]["parameters"]
+            let mut names: Vec<String> = doc["paths"][path]["get"]["parameters"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|p| p["name"].as_str().unwrap().to_owned())
-                .collect()
+                .collect();
+            names.sort();
+            names
         };
-        assert_eq!(names("/v1/endpoints"), ["cursor", "limit"]);
-        assert_eq!(names("/v1/events"), ["cursor", "limit"]);
-        let query: Vec<String> = names("/v1/deliveries").iter().map(|name| format!("{name}=x")).collect();
-        let uri: axum::http::Uri = format!("/v1/deliveries?{}", query.join("&")).parse().unwrap();
-        let axum::extract::Query(params) = axum::extract::Query::<ListParams>::try_from_uri(&uri).unwrap();
-        let ListParams { limit, cursor, endpoint_id, event_id, status } = params;
+        let taken = |names: &[&str]| -> Vec<String> {
+            let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names("/v1/endpoints"), taken(PageQuery::NAMES));
+        assert_eq!(names("/v1/events"), taken(PageQuery::NAMES));
+        assert_eq!(names("/v1/deliveries"), taken(DeliveryQuery::NAMES));
+    }
+
+    /// Each list's `NAMES` is what lets a parameter through, so it must name every field the struct reads.
+    #[test]
+    fn list_names_are_the_fields_read() {
+        fn parse<Q: ListQuery>() -> Q {
+            let query: Vec<String> = Q::NAMES.iter().map(|name| format!("{name}=x")).collect();
+            let uri: axum::http::Uri = format!("/?{}", query.join("&")).parse().unwrap();
+            axum::extract::Query::<Q>::try_from_uri(&uri).unwrap().0
+        }
+        let PageQuery { cursor, limit } = parse::<PageQuery>();
+        assert!(cursor.is_some() && limit.is_some());
+        let DeliveryQuery { cursor, limit, endpoint_id, event_id, status } = parse::<DeliveryQuery>();
         for (name, value) in [
-            ("limit", limit),
             ("cursor", cursor),
+            ("limit", limit),
             ("endpoint_id", endpoint_id),
             ("event_id", event_id),
             ("status", status),
         ] {
-            assert!(value.is_some(), "the deliveries list reads `{name}`, which the document does not describe");
+            assert!(value.is_some(), "the deliveries list reads `{name}`, which its NAMES leave out");
         }
     }
 

@@ -485,4 +485,52 @@ on_both_stores! {
             assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized", &format!("authorization: {header}"));
         }
     }
+
+    async fn lists_refuse_query_parameters_they_do_not_take() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let ep = app.a.create_endpoint(&receiver.url()).await;
+        let ep_id = ep["id"].as_str().unwrap().to_owned();
+        let event = app.a.patch_interview("cand_params", json!({ "interview_summary": "x" })).await["event"].clone();
+        let evt_id = event["id"].as_str().unwrap().to_owned();
+
+        let refused: Vec<(&str, String, &str)> = vec![
+            ("/v1/events", "status=bogus".into(), "status"),
+            ("/v1/events", "status=pending".into(), "status"),
+            ("/v1/events", format!("endpoint_id={ep_id}"), "endpoint_id"),
+            ("/v1/events", "event_id=evt_x&limit=5".into(), "event_id"),
+            ("/v1/events", "Limit=5".into(), "Limit"),
+            ("/v1/endpoints", "status=pending".into(), "status"),
+            ("/v1/endpoints", format!("event_id={evt_id}"), "event_id"),
+            ("/v1/endpoints", "endpoint_id=ep_x".into(), "endpoint_id"),
+            ("/v1/endpoints", "enabled=true".into(), "enabled"),
+            ("/v1/deliveries", "endpoint=ep_x".into(), "endpoint"),
+            ("/v1/deliveries", "status=pending&state=pending".into(), "state"),
+        ];
+        for (list, query, name) in refused {
+            let what = format!("GET {list}?{query}");
+            let (status, body) = app.a.get(&format!("{list}?{query}")).await;
+            let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request", &what);
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains(&format!("`{name}`")), "{what}: the message names {name}: {message}");
+            assert!(message.contains("cursor") && message.contains("limit"), "{what}: the message says what it takes");
+        }
+
+        // Each list's own parameters are still read, and bad values keep their 422.
+        for list in ["/v1/endpoints", "/v1/events"] {
+            let (status, body) = app.a.get(&format!("{list}?limit=1&cursor=")).await;
+            assert_eq!(status, StatusCode::OK, "{list}: {body}");
+            assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{list}: {body}");
+        }
+        let query = format!("endpoint_id={ep_id}&event_id={evt_id}&status=pending&limit=5&cursor=");
+        let (status, body) = app.a.get(&format!("/v1/deliveries?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = app.a.get("/v1/deliveries?endpoint_id=ep_000000000000000000000000").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"], json!([]), "the filter is applied: {body}");
+        let (status, body) = app.a.get("/v1/deliveries?status=bogus").await;
+        assert_422(status, &body, "status", "an unknown delivery status");
+        let (status, body) = app.a.get("/v1/events?limit=0").await;
+        assert_422(status, &body, "limit", "a limit out of range");
+    }
 }
