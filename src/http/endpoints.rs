@@ -75,9 +75,8 @@ pub async fn create_endpoint(
     body: JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let fields = Fields::new(&body.value, &FIELDS)?;
-    let url = fields.string("url")?.ok_or_else(|| crate::domain::Invalid::new("url", "is required"))?;
-    let url = EndpointUrl::parse(&url, state.config.allow_private_targets)?;
-    let description = fields.string("description")?.unwrap_or_default();
+    let url = EndpointUrl::parse(&fields.required_string("url")?, state.config.allow_private_targets)?;
+    let description = fields.clearable_string("description")?.unwrap_or_default();
     validate_description(&description)?;
     let event_types = match fields.strings("event_types")? {
         Some(types) => parse_event_types(&types)?,
@@ -176,11 +175,7 @@ pub async fn update_endpoint(
         Some(url) => Some(EndpointUrl::parse(&url, state.config.allow_private_targets)?.as_str().to_owned()),
         None => None,
     };
-    // A null description clears it.
-    let description = match body.value.get("description") {
-        Some(serde_json::Value::Null) => Some(String::new()),
-        _ => fields.string("description")?,
-    };
+    let description = fields.clearable_string("description")?;
     if let Some(text) = &description {
         validate_description(text)?;
     }

@@ -197,26 +197,51 @@ impl<'a> Fields<'a> {
         Ok(Self(object))
     }
 
-    /// A string field; `null` counts as absent.
+    /// A string field that must be present and not `null`.
+    pub fn required_string(&self, name: &str) -> Result<String, Invalid> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Err(Invalid::new(name, "is required")),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(Invalid::new(name, "must be a string")),
+        }
+    }
+
+    /// A string field. `null` is refused rather than read as absent: a field whose only way to say "none" is to
+    /// be left out would otherwise take a `null` meant as "clear it" as "leave it", and say nothing.
     pub fn string(&self, name: &str) -> Result<Option<String>, Invalid> {
         match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
+            Some(Value::Null) => Err(cannot_be_null(name, "a string")),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(Invalid::new(name, "must be a string")),
         }
     }
 
+    /// A string field whose `null` means the empty string.
+    pub fn clearable_string(&self, name: &str) -> Result<Option<String>, Invalid> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(String::new())),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Invalid::new(name, "must be a string or null")),
+        }
+    }
+
+    /// A boolean field; `null` is refused, as for [`Fields::string`].
     pub fn bool(&self, name: &str) -> Result<Option<bool>, Invalid> {
         match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
+            Some(Value::Null) => Err(cannot_be_null(name, "true or false")),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(_) => Err(Invalid::new(name, "must be true or false")),
         }
     }
 
+    /// An array-of-strings field; `null` is refused, as for [`Fields::string`].
     pub fn strings(&self, name: &str) -> Result<Option<Vec<String>>, Invalid> {
         match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
+            Some(Value::Null) => Err(cannot_be_null(name, "an array of strings")),
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| Invalid::new(name, "must be an array of strings")))
@@ -225,6 +250,10 @@ impl<'a> Fields<'a> {
             Some(_) => Err(Invalid::new(name, "must be an array of strings")),
         }
     }
+}
+
+fn cannot_be_null(name: &str, kind: &str) -> Invalid {
+    Invalid::new(name, format!("cannot be null; send {kind}, or leave the field out"))
 }
 
 #[cfg(test)]

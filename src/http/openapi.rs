@@ -567,16 +567,16 @@ pub struct NewEndpointBody;
 /// The body of `PATCH /v1/endpoints/{id}`.
 pub struct EndpointPatchBody;
 
-/// The four endpoint fields; `patch` says how each reads in an edit rather than a registration.
+/// The four endpoint fields; `patch` says how each reads in an edit rather than a registration. Only
+/// `description` has a "none" to set, so only it takes `null`; the handler refuses `null` for the others.
 fn endpoint_fields(patch: bool) -> ObjectBuilder {
-    let unchanged = if patch { " `null` or left out: unchanged." } else { "" };
+    let unchanged = if patch { " Left out: unchanged." } else { "" };
     let url = string().format(Some(SchemaFormat::Custom("uri".into()))).max_length(Some(MAX_URL_BYTES)).description(
         Some(format!(
             "Absolute `http` or `https`, at most {MAX_URL_BYTES} bytes, without a user name or password. Loopback, \
              private and link-local addresses are refused unless the service allows them.{unchanged}"
         )),
     );
-    let url = if patch { url.schema_type(or_null(Type::String)) } else { url };
     let description = ObjectBuilder::new()
         .schema_type(or_null(Type::String))
         .max_length(Some(MAX_DESCRIPTION_CHARS))
@@ -587,19 +587,18 @@ fn endpoint_fields(patch: bool) -> ObjectBuilder {
         }));
     let description = if patch { description } else { description.default(Some(json!(""))) };
     let event_types = ArrayBuilder::new()
-        .schema_type(or_null(Type::Array))
         .items(Ref::from_schema_name(EventType::name()))
         .min_items(Some(1))
         .description(Some(if patch {
-            "Replaces the whole list; duplicates are dropped. `null` or left out: unchanged."
+            "Replaces the whole list; duplicates are dropped. Left out: unchanged."
         } else {
-            "Duplicates are dropped; `null` or left out means `[\"candidate.interview.updated\"]`."
+            "Duplicates are dropped. Left out: `[\"candidate.interview.updated\"]`."
         }));
     let event_types = if patch { event_types } else { event_types.default(Some(json!([interview::EVENT_TYPE]))) };
-    let enabled = ObjectBuilder::new().schema_type(or_null(Type::Boolean)).description(Some(if patch {
-        "Disabling keeps pending deliveries until enabled again. `null` or left out: unchanged."
+    let enabled = ObjectBuilder::new().schema_type(Type::Boolean).description(Some(if patch {
+        "Disabling keeps pending deliveries until enabled again. Left out: unchanged."
     } else {
-        "`null` or left out means `true`."
+        "Left out: `true`."
     }));
     let enabled = if patch { enabled } else { enabled.default(Some(json!(true))) };
     ObjectBuilder::new()
@@ -610,11 +609,15 @@ fn endpoint_fields(patch: bool) -> ObjectBuilder {
         .additional_properties(Some(AdditionalProperties::FreeForm(false)))
 }
 
+/// Told in both bodies' descriptions, since a `null` meaning "unchanged" or "the default" is a common guess.
+const NULLS: &str = "Only `description` takes `null`; `null` for any other field is refused with 422 naming it: \
+    leave the field out instead.";
+
 impl PartialSchema for NewEndpointBody {
     fn schema() -> RefOr<Schema> {
         endpoint_fields(false)
             .required("url")
-            .description(Some("A webhook URL to register. Any other field is refused with 422."))
+            .description(Some(format!("A webhook URL to register. {NULLS} Any other field is refused with 422.")))
             .examples([json!({"url": "https://example.com/webhooks", "description": "production"})])
             .into()
     }
@@ -633,7 +636,9 @@ impl ToSchema for NewEndpointBody {
 impl PartialSchema for EndpointPatchBody {
     fn schema() -> RefOr<Schema> {
         endpoint_fields(true)
-            .description(Some("Any subset of an endpoint's fields. Any other field is refused with 422."))
+            .description(Some(format!(
+                "Any subset of an endpoint's fields. {NULLS} Any other field is refused with 422."
+            )))
             .examples([json!({"enabled": false})])
             .into()
     }

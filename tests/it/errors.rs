@@ -533,4 +533,52 @@ on_both_stores! {
         let (status, body) = app.a.get("/v1/events?limit=0").await;
         assert_422(status, &body, "limit", "a limit out of range");
     }
+
+    async fn null_is_refused_for_endpoint_fields_that_cannot_be_null() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let url = receiver.url();
+        let ep = app
+            .a
+            .create_endpoint_with(json!({
+                "url": url,
+                "description": "kept",
+                "event_types": ["call_completed"],
+                "enabled": false
+            }))
+            .await;
+        let ep_path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
+        for field in ["url", "event_types", "enabled"] {
+            let what = format!("PATCH {{\"{field}\": null}}");
+            let (status, answer) = app.a.patch(&ep_path, json!({ field: null })).await;
+            let error = assert_422(status, &answer, field, &what);
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains("cannot be null"), "{what}: {message}");
+            // Alongside a good change, the null still refuses the whole edit.
+            let (status, answer) = app.a.patch(&ep_path, json!({ "description": "changed", field: null })).await;
+            assert_422(status, &answer, field, &format!("{what} with a description"));
+        }
+        let (_, unchanged) = app.a.get(&ep_path).await;
+        assert_eq!(unchanged["url"], url.as_str(), "refused edits change nothing: {unchanged}");
+        assert_eq!(unchanged["description"], "kept");
+        assert_eq!(unchanged["event_types"], json!(["call_completed"]));
+        assert_eq!(unchanged["enabled"], false);
+        // description is the one field that takes null: it clears it.
+        let (status, cleared) = app.a.patch(&ep_path, json!({ "description": null })).await;
+        assert_eq!(status, StatusCode::OK, "{cleared}");
+        assert_eq!(cleared["description"], "");
+
+        // Registration follows the same rule: leave a field out for its default.
+        for field in ["url", "event_types", "enabled"] {
+            let mut body = json!({ "url": url });
+            body[field] = Value::Null;
+            let (status, answer) = app.a.post("/v1/endpoints", body.clone()).await;
+            assert_422(status, &answer, field, &format!("POST {body}"));
+        }
+        assert_eq!(app.a.list("/v1/endpoints").await.len(), 1, "no refused endpoint was created");
+        let created = app.a.create_endpoint_with(json!({ "url": url, "description": null })).await;
+        assert_eq!(created["description"], "");
+        assert_eq!(created["enabled"], true);
+        assert_eq!(created["event_types"], json!(["candidate.interview.updated"]));
+    }
 }
