@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::extract::{Fields, JsonBody, List, Org, PageQuery, PathId};
 use super::openapi::{
     BadRequest, Conflict, EndpointPatchBody, Internal, NewEndpointBody, NotFound, PageParams, TooLarge, Unauthorized,
-    Unprocessable,
+    Unprocessable, UnsupportedMediaType,
 };
 use super::views::{DeliveryView, EndpointList, EndpointView, ListView};
 use crate::domain::endpoint::{EndpointUrl, parse_event_types, validate_description};
@@ -65,6 +65,7 @@ async fn find(state: &AppState, org: &str, id: &str) -> Result<EndpointRecord, A
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
         (status = 500, response = Internal),
     ),
@@ -159,6 +160,7 @@ pub async fn get_endpoint(
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
         (status = 500, response = Internal),
     ),

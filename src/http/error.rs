@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The body is over the configured limit.
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The body declares a media type that is not JSON; holds the declared type.
+    #[error("the body is declared as `{0}`, which is not JSON; send `content-type: application/json`")]
+    UnsupportedMediaType(String),
     /// Our fault: logged here, answered without details.
     #[error("internal error: {0}")]
     Internal(#[from] StoreError),
@@ -55,7 +58,7 @@ pub struct ErrorEnvelope {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// For code to branch on: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`, `invalid`,
-    /// `endpoint_disabled`, `payload_too_large` or `internal`.
+    /// `endpoint_disabled`, `payload_too_large`, `unsupported_media_type` or `internal`.
     #[schema(value_type = String, example = "invalid")]
     pub code: &'static str,
     /// What to fix, in words.
@@ -79,6 +82,7 @@ impl ApiError {
             Self::Conflict(code, _) => (StatusCode::CONFLICT, *code, None),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
         let message = match self {

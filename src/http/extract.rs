@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -40,7 +40,21 @@ impl FromRequestParts<AppState> for Org {
     }
 }
 
-/// A JSON request body, parsed but not yet validated. Over the size limit it answers 413; not JSON, 400.
+/// Whether a declared media type is JSON: `application/json` or any `application/…+json`, in any case, whatever
+/// its parameters (`; charset=utf-8`).
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) => {
+            subtype == "json" || subtype.strip_suffix("+json").is_some_and(|prefix| !prefix.is_empty())
+        }
+        _ => false,
+    }
+}
+
+/// A JSON request body, parsed but not yet validated. Declared as anything but JSON it answers 415; over the
+/// size limit, 413; not JSON, 400. A body without a `content-type` is read as JSON: clients that leave the header
+/// out mean nothing else, and refusing them would break callers that worked before the header was checked.
 pub struct JsonBody {
     pub value: Value,
     /// The bytes as received, for payloads that are sent on exactly as they came.
@@ -51,6 +65,12 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // A value that is not visible ASCII cannot name JSON.
+        if let Some(declared) = req.headers().get(CONTENT_TYPE)
+            && !declared.to_str().is_ok_and(is_json)
+        {
+            return Err(ApiError::UnsupportedMediaType(shown(String::from_utf8_lossy(declared.as_bytes()).trim())));
+        }
         let raw = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge(state.config.max_body_bytes)
@@ -259,6 +279,34 @@ fn cannot_be_null(name: &str, kind: &str) -> Invalid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_media_types() {
+        for json in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            " application/json ",
+            "application/merge-patch+json",
+            "application/vnd.api+json; ext=x",
+        ] {
+            assert!(is_json(json), "{json:?} is JSON");
+        }
+        for other in [
+            "",
+            "text/plain",
+            "text/json",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/+json",
+            "application/jsonp",
+            "application/json-seq",
+            "application",
+            "json",
+        ] {
+            assert!(!is_json(other), "{other:?} is not JSON");
+        }
+    }
 
     #[test]
     fn quoted_caller_text_is_cut_short() {

@@ -40,7 +40,9 @@ use crate::store::{DeliveryStatus, StoreError, Trigger};
             endpoints you registered: signed (Standard Webhooks), retried, and with every attempt logged.\n\n\
             Every `/v1` call takes an API key and sees only its own organization's rows: another organization's \
             ids answer 404. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}` (`field` on 422 only); \
-            a method a path does not answer is 405 `method_not_allowed`, with an `Allow` header. Lists answer \
+            a method a path does not answer is 405 `method_not_allowed`, with an `Allow` header. Request bodies \
+            are JSON: send `content-type: application/json` (or any `application/*+json`); a body declared as \
+            anything else answers 415, and one without a `content-type` is read as JSON. Lists answer \
             `{\"data\": [...], \"next_cursor\"}`, newest first, and take only the query parameters they describe: \
             any other answers 400.\n\n\
             `webhooks` describes the POSTs your endpoints receive."
@@ -69,7 +71,16 @@ use crate::store::{DeliveryStatus, StoreError, Trigger};
     ),
     components(
         schemas(ErrorEnvelope, InterviewUpdated, CallObject),
-        responses(BadRequest, Unauthorized, NotFound, Conflict, TooLarge, Unprocessable, Internal),
+        responses(
+            BadRequest,
+            Unauthorized,
+            NotFound,
+            Conflict,
+            TooLarge,
+            UnsupportedMediaType,
+            Unprocessable,
+            Internal,
+        ),
     ),
     modifiers(&NoLicense, &ApiKey, &Webhooks),
     tags(
@@ -156,6 +167,8 @@ error_responses! {
     // The example shows the default limit; the service answers with its own.
     TooLarge: "The body is larger than the service's `--max-body-bytes`.",
         ApiError::TooLarge(ServeConfig::new("tidings.db").max_body_bytes);
+    UnsupportedMediaType: "The body is declared as something other than JSON: send `content-type: application/json`.",
+        ApiError::UnsupportedMediaType("text/plain".into());
     Unprocessable: "A field breaks a rule: `field` names it and `message` says what to fix.",
         ApiError::Invalid(Invalid::new("url", "must use http or https"));
     Internal: "The service failed; the details are in its log, not in the answer.",
@@ -744,6 +757,21 @@ mod tests {
         }
     }
 
+    /// 415 is what a body declared as anything but JSON answers, so exactly the operations with a body describe it.
+    #[test]
+    fn operations_with_a_body_describe_415() {
+        let doc = document();
+        let mut with_body = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let has_body = operation.get("requestBody").is_some();
+                with_body += usize::from(has_body);
+                assert_eq!(operation["responses"].get("415").is_some(), has_body, "{method} {path}");
+            }
+        }
+        assert_eq!(with_body, 4, "POST and PATCH of endpoints, PATCH of interviews, POST of calls");
+    }
+
     #[test]
     fn each_error_status_has_one_response_with_its_code() {
         let doc = document();
@@ -754,6 +782,7 @@ mod tests {
             ("NotFound", 404, "not_found"),
             ("Conflict", 409, "endpoint_disabled"),
             ("TooLarge", 413, "payload_too_large"),
+            ("UnsupportedMediaType", 415, "unsupported_media_type"),
             ("Unprocessable", 422, "invalid"),
             ("Internal", 500, "internal"),
         ] {

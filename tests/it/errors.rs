@@ -581,4 +581,46 @@ on_both_stores! {
         assert_eq!(created["enabled"], true);
         assert_eq!(created["event_types"], json!(["candidate.interview.updated"]));
     }
+
+    async fn a_body_declared_as_not_json_is_415() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let ep = app.a.create_endpoint(&receiver.url()).await;
+        let ep_path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
+        let cases = [
+            (Method::POST, "/v1/endpoints".to_owned(), json!({ "url": receiver.url_for("/other") })),
+            (Method::PATCH, ep_path.clone(), json!({ "enabled": false })),
+            (Method::PATCH, "/v1/interviews/cand_media".to_owned(), json!({ "interview_summary": "x" })),
+            (Method::POST, "/v1/calls".to_owned(), doc_call_example()),
+        ];
+        for (method, path, body) in &cases {
+            let bytes = serde_json::to_vec(body).unwrap();
+            for declared in ["text/plain", "application/x-www-form-urlencoded", "text/json", "application/jsonp", ""] {
+                let what = format!("{method} {path} declared as {declared:?}");
+                let (status, answer) = app.a.raw(method.clone(), path, Some(declared), Some(bytes.clone())).await;
+                let error =
+                    assert_error(status, &answer, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", &what);
+                let message = error["message"].as_str().unwrap();
+                assert!(message.contains("content-type: application/json"), "{what}: says what to send: {message}");
+            }
+        }
+        assert_eq!(app.a.list("/v1/endpoints").await.len(), 1, "no endpoint was created");
+        let (_, unchanged) = app.a.get(&ep_path).await;
+        assert_eq!(unchanged["enabled"], true, "no endpoint was edited");
+        let (status, _) = app.a.get("/v1/interviews/cand_media").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "no interview was written");
+        assert!(app.a.list("/v1/events").await.is_empty(), "no event was emitted");
+
+        // JSON in any of its spellings is read, and so is a body that declares no type at all.
+        for declared in
+            [Some("application/json; charset=utf-8"), Some("Application/JSON"), Some("application/merge-patch+json"), None]
+        {
+            let what = format!("declared as {declared:?}");
+            for (method, path, body) in &cases {
+                let bytes = serde_json::to_vec(body).unwrap();
+                let (status, answer) = app.a.raw(method.clone(), path, declared, Some(bytes)).await;
+                assert!(status.is_success(), "{method} {path} {what}: {status} {answer}");
+            }
+        }
+    }
 }
