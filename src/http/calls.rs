@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Org};
-use super::openapi::{BadRequest, CallObject, Internal, TooLarge, Unauthorized, Unprocessable};
+use super::openapi::{BadRequest, CallObject, Internal, TooLarge, Unauthorized, Unprocessable, UnsupportedMediaType};
 use super::views::EventView;
 use crate::domain::call;
 use crate::store::Fanout;
@@ -36,6 +36,7 @@ pub struct RecordedCall {
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
         (status = 500, response = Internal),
     ),

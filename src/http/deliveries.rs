@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{List, Org, PathId};
+use super::extract::{DeliveryQuery, List, Org, PathId};
 use super::openapi::{BadRequest, DeliveryFilters, Internal, NotFound, PageParams, Unauthorized, Unprocessable};
 use super::views::{AttemptView, DeliveryList, DeliveryView, ListView};
 use crate::domain::Invalid;
@@ -15,7 +15,8 @@ use crate::store::{DeliveryFilter, DeliveryStatus};
 
 /// List deliveries
 ///
-/// Newest first, a page at a time, without their attempts; filters combine.
+/// Newest first, a page at a time, without their attempts; filters combine. Any other query parameter answers
+/// 400.
 #[utoipa::path(
     get,
     path = "/v1/deliveries",
@@ -33,7 +34,7 @@ use crate::store::{DeliveryFilter, DeliveryStatus};
 pub async fn list_deliveries(
     State(state): State<AppState>,
     Org(org): Org,
-    List(params): List,
+    List(params): List<DeliveryQuery>,
 ) -> Result<Json<DeliveryList>, ApiError> {
     let status = match params.status.as_deref() {
         None | Some("") => None,

@@ -11,10 +11,10 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::actions::{TEST_ON_DISABLED, TestEvent};
 use super::error::ApiError;
-use super::extract::{Fields, JsonBody, List, Org, PathId};
+use super::extract::{Fields, JsonBody, List, Org, PageQuery, PathId};
 use super::openapi::{
     BadRequest, Conflict, EndpointPatchBody, Internal, NewEndpointBody, NotFound, PageParams, TooLarge, Unauthorized,
-    Unprocessable,
+    Unprocessable, UnsupportedMediaType,
 };
 use super::views::{DeliveryView, EndpointList, EndpointView, ListView};
 use crate::domain::endpoint::{EndpointUrl, parse_event_types, validate_description};
@@ -65,6 +65,7 @@ async fn find(state: &AppState, org: &str, id: &str) -> Result<EndpointRecord, A
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
         (status = 500, response = Internal),
     ),
@@ -75,9 +76,8 @@ pub async fn create_endpoint(
     body: JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let fields = Fields::new(&body.value, &FIELDS)?;
-    let url = fields.string("url")?.ok_or_else(|| crate::domain::Invalid::new("url", "is required"))?;
-    let url = EndpointUrl::parse(&url, state.config.allow_private_targets)?;
-    let description = fields.string("description")?.unwrap_or_default();
+    let url = EndpointUrl::parse(&fields.required_string("url")?, state.config.allow_private_targets)?;
+    let description = fields.clearable_string("description")?.unwrap_or_default();
     validate_description(&description)?;
     let event_types = match fields.strings("event_types")? {
         Some(types) => parse_event_types(&types)?,
@@ -98,7 +98,7 @@ pub async fn create_endpoint(
 
 /// List endpoints
 ///
-/// Newest first, a page at a time.
+/// Newest first, a page at a time. Any query parameter besides `cursor` and `limit` answers 400.
 #[utoipa::path(
     get,
     path = "/v1/endpoints",
@@ -116,7 +116,7 @@ pub async fn create_endpoint(
 pub async fn list_endpoints(
     State(state): State<AppState>,
     Org(org): Org,
-    List(params): List,
+    List(params): List<PageQuery>,
 ) -> Result<Json<EndpointList>, ApiError> {
     let page = state.store.list_endpoints(&org, params.page()?).await?;
     Ok(Json(ListView::from_page(&page)))
@@ -160,6 +160,7 @@ pub async fn get_endpoint(
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
         (status = 500, response = Internal),
     ),
@@ -176,11 +177,7 @@ pub async fn update_endpoint(
         Some(url) => Some(EndpointUrl::parse(&url, state.config.allow_private_targets)?.as_str().to_owned()),
         None => None,
     };
-    // A null description clears it.
-    let description = match body.value.get("description") {
-        Some(serde_json::Value::Null) => Some(String::new()),
-        _ => fields.string("description")?,
-    };
+    let description = fields.clearable_string("description")?;
     if let Some(text) = &description {
         validate_description(text)?;
     }

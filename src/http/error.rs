@@ -1,7 +1,8 @@
 //! The API's one error type and its JSON envelope: `{"error":{"code","message"[,"field"]}}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::ALLOW;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -27,12 +28,24 @@ pub enum ApiError {
     /// The request conflicts with the current state.
     #[error("{1}")]
     Conflict(&'static str, String),
+    /// The path exists but does not answer this method. `allow` is the `Allow` header the router computed, also
+    /// sent back as the header.
+    #[error("{method} is not allowed on this path{}", answers(.allow))]
+    MethodNotAllowed { method: String, allow: String },
     /// The body is over the configured limit.
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The body declares a media type that is not JSON; holds the declared type.
+    #[error("the body is declared as `{0}`, which is not JSON; send `content-type: application/json`")]
+    UnsupportedMediaType(String),
     /// Our fault: logged here, answered without details.
     #[error("internal error: {0}")]
     Internal(#[from] StoreError),
+}
+
+/// The methods of an `Allow` value, for a message; nothing when the router named none.
+fn answers(allow: &str) -> String {
+    if allow.is_empty() { String::new() } else { format!("; it answers {}", allow.replace(',', ", ")) }
 }
 
 /// The body of every error answer.
@@ -44,8 +57,8 @@ pub struct ErrorEnvelope {
 /// What went wrong, for the caller's code (`code`, `field`) and for the person reading it (`message`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// For code to branch on: `bad_request`, `unauthorized`, `not_found`, `invalid`, `endpoint_disabled`,
-    /// `payload_too_large` or `internal`.
+    /// For code to branch on: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`, `invalid`,
+    /// `endpoint_disabled`, `payload_too_large`, `unsupported_media_type` or `internal`.
     #[schema(value_type = String, example = "invalid")]
     pub code: &'static str,
     /// What to fix, in words.
@@ -67,7 +80,9 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             Self::Invalid(invalid) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some(invalid.field.clone())),
             Self::Conflict(code, _) => (StatusCode::CONFLICT, *code, None),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
         let message = match self {
@@ -85,6 +100,13 @@ impl IntoResponse for ApiError {
             tracing::error!(%error, "request failed");
         }
         let (status, envelope) = self.envelope();
-        (status, Json(envelope)).into_response()
+        let mut response = (status, Json(envelope)).into_response();
+        // RFC 9110 requires `Allow` on a 405; the value came from a header, so it is one.
+        if let Self::MethodNotAllowed { allow, .. } = &self
+            && let Ok(value) = HeaderValue::from_str(allow)
+        {
+            response.headers_mut().insert(ALLOW, value);
+        }
+        response
     }
 }

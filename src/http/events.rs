@@ -5,14 +5,15 @@ use axum::extract::State;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{List, Org, PathId};
+use super::extract::{List, Org, PageQuery, PathId};
 use super::openapi::{BadRequest, Internal, NotFound, PageParams, Unauthorized, Unprocessable};
 use super::views::{EventList, EventView, ListView};
 use crate::domain::ids;
 
 /// List events
 ///
-/// Newest first, a page at a time, each with the exact payload its deliveries send.
+/// Newest first, a page at a time, each with the exact payload its deliveries send. Any query parameter besides
+/// `cursor` and `limit` answers 400 (filters are the deliveries list's).
 #[utoipa::path(
     get,
     path = "/v1/events",
@@ -30,7 +31,7 @@ use crate::domain::ids;
 pub async fn list_events(
     State(state): State<AppState>,
     Org(org): Org,
-    List(params): List,
+    List(params): List<PageQuery>,
 ) -> Result<Json<EventList>, ApiError> {
     let page = state.store.list_events(&org, params.page()?).await?;
     Ok(Json(ListView::from_page(&page)))

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Org, PathId};
-use super::openapi::{BadRequest, Internal, NotFound, TooLarge, Unauthorized, Unprocessable};
+use super::openapi::{BadRequest, Internal, NotFound, TooLarge, Unauthorized, Unprocessable, UnsupportedMediaType};
 use super::views::EventView;
 use crate::domain::interview::{EVENT_TYPE, Interview, InterviewPatch, validate_candidate_id};
 
@@ -40,6 +40,7 @@ pub struct UpdatedInterview {
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
         (status = 500, response = Internal),
     ),

@@ -4,7 +4,11 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::http::header::ALLOW;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Notify;
 
@@ -77,8 +81,26 @@ pub fn router(state: AppState, api: bool) -> Router {
         operator
     };
     let limit = state.config.max_body_bytes;
-    router
+    let app = router
         .fallback(|| async { error::ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(state);
+    // axum adds `Allow` to its 405 outside every layer of the route, so only a layer around the whole router sees
+    // which methods the path answers; hence the router nested as the fallback of another.
+    Router::new().fallback_service(app).layer(middleware::from_fn(method_not_allowed))
+}
+
+/// Puts axum's empty 405 into the API's envelope, naming the methods the path answers and keeping `Allow`.
+/// The settings pages are left alone: they answer HTML, and a browser only sends them what their forms send.
+async fn method_not_allowed(request: Request, next: Next) -> Response {
+    // Cloning a standard method copies a tag; this runs on every request, so nothing is allocated until a 405.
+    let method = request.method().clone();
+    let path = request.uri().path();
+    let settings = path == "/settings" || path.starts_with("/settings/");
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED || settings {
+        return response;
+    }
+    let allow = response.headers().get(ALLOW).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    error::ApiError::MethodNotAllowed { method: method.to_string(), allow }.into_response()
 }

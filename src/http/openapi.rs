@@ -39,8 +39,12 @@ use crate::store::{DeliveryStatus, StoreError, Trigger};
             `candidate.interview.updated` event carrying a diff of what changed, and delivers events to the \
             endpoints you registered: signed (Standard Webhooks), retried, and with every attempt logged.\n\n\
             Every `/v1` call takes an API key and sees only its own organization's rows: another organization's \
-            ids answer 404. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}` (`field` on 422 only). \
-            Lists answer `{\"data\": [...], \"next_cursor\"}`, newest first.\n\n\
+            ids answer 404. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}` (`field` on 422 only); \
+            a method a path does not answer is 405 `method_not_allowed`, with an `Allow` header. Request bodies \
+            are JSON: send `content-type: application/json` (or any `application/*+json`); a body declared as \
+            anything else answers 415, and one without a `content-type` is read as JSON. Lists answer \
+            `{\"data\": [...], \"next_cursor\"}`, newest first, and take only the query parameters they describe: \
+            any other answers 400.\n\n\
             `webhooks` describes the POSTs your endpoints receive."
     ),
     paths(
@@ -67,7 +71,16 @@ use crate::store::{DeliveryStatus, StoreError, Trigger};
     ),
     components(
         schemas(ErrorEnvelope, InterviewUpdated, CallObject),
-        responses(BadRequest, Unauthorized, NotFound, Conflict, TooLarge, Unprocessable, Internal),
+        responses(
+            BadRequest,
+            Unauthorized,
+            NotFound,
+            Conflict,
+            TooLarge,
+            UnsupportedMediaType,
+            Unprocessable,
+            Internal,
+        ),
     ),
     modifiers(&NoLicense, &ApiKey, &Webhooks),
     tags(
@@ -141,7 +154,8 @@ macro_rules! error_responses {
 }
 
 error_responses! {
-    BadRequest: "The body is not JSON, or the query string cannot be read.",
+    BadRequest: "The body is not JSON, or the query string cannot be read or names a parameter the operation does \
+        not take.",
         ApiError::BadRequest("malformed JSON: expected value at line 1 column 1".into());
     Unauthorized: "No `Authorization: Bearer tdk_…` header, or a key that is not known.",
         ApiError::Unauthorized;
@@ -153,6 +167,8 @@ error_responses! {
     // The example shows the default limit; the service answers with its own.
     TooLarge: "The body is larger than the service's `--max-body-bytes`.",
         ApiError::TooLarge(ServeConfig::new("tidings.db").max_body_bytes);
+    UnsupportedMediaType: "The body is declared as something other than JSON: send `content-type: application/json`.",
+        ApiError::UnsupportedMediaType("text/plain".into());
     Unprocessable: "A field breaks a rule: `field` names it and `message` says what to fix.",
         ApiError::Invalid(Invalid::new("url", "must use http or https"));
     Internal: "The service failed; the details are in its log, not in the answer.",
@@ -278,7 +294,7 @@ impl Modify for Webhooks {
 /// `?cursor=&limit=` of every list.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code, reason = "described, never built: handlers read `extract::ListParams`")]
+#[allow(dead_code, reason = "described, never built: handlers read `extract::PageQuery` and `DeliveryQuery`")]
 pub struct PageParams {
     /// The `next_cursor` of the page before; leave it out for the first page.
     cursor: Option<String>,
@@ -290,7 +306,7 @@ pub struct PageParams {
 /// The filters of `GET /v1/deliveries`; they combine.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code, reason = "described, never built: handlers read `extract::ListParams`")]
+#[allow(dead_code, reason = "described, never built: handlers read `extract::PageQuery` and `DeliveryQuery`")]
 pub struct DeliveryFilters {
     /// Only deliveries to this endpoint (`ep_…`).
     endpoint_id: Option<String>,
@@ -564,16 +580,16 @@ pub struct NewEndpointBody;
 /// The body of `PATCH /v1/endpoints/{id}`.
 pub struct EndpointPatchBody;
 
-/// The four endpoint fields; `patch` says how each reads in an edit rather than a registration.
+/// The four endpoint fields; `patch` says how each reads in an edit rather than a registration. Only
+/// `description` has a "none" to set, so only it takes `null`; the handler refuses `null` for the others.
 fn endpoint_fields(patch: bool) -> ObjectBuilder {
-    let unchanged = if patch { " `null` or left out: unchanged." } else { "" };
+    let unchanged = if patch { " Left out: unchanged." } else { "" };
     let url = string().format(Some(SchemaFormat::Custom("uri".into()))).max_length(Some(MAX_URL_BYTES)).description(
         Some(format!(
             "Absolute `http` or `https`, at most {MAX_URL_BYTES} bytes, without a user name or password. Loopback, \
              private and link-local addresses are refused unless the service allows them.{unchanged}"
         )),
     );
-    let url = if patch { url.schema_type(or_null(Type::String)) } else { url };
     let description = ObjectBuilder::new()
         .schema_type(or_null(Type::String))
         .max_length(Some(MAX_DESCRIPTION_CHARS))
@@ -584,19 +600,18 @@ fn endpoint_fields(patch: bool) -> ObjectBuilder {
         }));
     let description = if patch { description } else { description.default(Some(json!(""))) };
     let event_types = ArrayBuilder::new()
-        .schema_type(or_null(Type::Array))
         .items(Ref::from_schema_name(EventType::name()))
         .min_items(Some(1))
         .description(Some(if patch {
-            "Replaces the whole list; duplicates are dropped. `null` or left out: unchanged."
+            "Replaces the whole list; duplicates are dropped. Left out: unchanged."
         } else {
-            "Duplicates are dropped; `null` or left out means `[\"candidate.interview.updated\"]`."
+            "Duplicates are dropped. Left out: `[\"candidate.interview.updated\"]`."
         }));
     let event_types = if patch { event_types } else { event_types.default(Some(json!([interview::EVENT_TYPE]))) };
-    let enabled = ObjectBuilder::new().schema_type(or_null(Type::Boolean)).description(Some(if patch {
-        "Disabling keeps pending deliveries until enabled again. `null` or left out: unchanged."
+    let enabled = ObjectBuilder::new().schema_type(Type::Boolean).description(Some(if patch {
+        "Disabling keeps pending deliveries until enabled again. Left out: unchanged."
     } else {
-        "`null` or left out means `true`."
+        "Left out: `true`."
     }));
     let enabled = if patch { enabled } else { enabled.default(Some(json!(true))) };
     ObjectBuilder::new()
@@ -607,11 +622,15 @@ fn endpoint_fields(patch: bool) -> ObjectBuilder {
         .additional_properties(Some(AdditionalProperties::FreeForm(false)))
 }
 
+/// Told in both bodies' descriptions, since a `null` meaning "unchanged" or "the default" is a common guess.
+const NULLS: &str = "Only `description` takes `null`; `null` for any other field is refused with 422 naming it: \
+    leave the field out instead.";
+
 impl PartialSchema for NewEndpointBody {
     fn schema() -> RefOr<Schema> {
         endpoint_fields(false)
             .required("url")
-            .description(Some("A webhook URL to register. Any other field is refused with 422."))
+            .description(Some(format!("A webhook URL to register. {NULLS} Any other field is refused with 422.")))
             .examples([json!({"url": "https://example.com/webhooks", "description": "production"})])
             .into()
     }
@@ -630,7 +649,9 @@ impl ToSchema for NewEndpointBody {
 impl PartialSchema for EndpointPatchBody {
     fn schema() -> RefOr<Schema> {
         endpoint_fields(true)
-            .description(Some("Any subset of an endpoint's fields. Any other field is refused with 422."))
+            .description(Some(format!(
+                "Any subset of an endpoint's fields. {NULLS} Any other field is refused with 422."
+            )))
             .examples([json!({"enabled": false})])
             .into()
     }
@@ -649,7 +670,7 @@ impl ToSchema for EndpointPatchBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::extract::{ListParams, MAX_LIMIT};
+    use crate::http::extract::{DeliveryQuery, ListQuery, MAX_LIMIT, PageQuery};
 
     fn document() -> Value {
         serde_json::to_value(ApiDoc::openapi()).unwrap()
@@ -695,28 +716,60 @@ mod tests {
     fn list_parameters_are_the_ones_read() {
         let doc = document();
         let names = |path: &str| -> Vec<String> {
-            doc["paths"][path]["get"]["parameters"]
+            let mut names: Vec<String> = doc["paths"][path]["get"]["parameters"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|p| p["name"].as_str().unwrap().to_owned())
-                .collect()
+                .collect();
+            names.sort();
+            names
         };
-        assert_eq!(names("/v1/endpoints"), ["cursor", "limit"]);
-        assert_eq!(names("/v1/events"), ["cursor", "limit"]);
-        let query: Vec<String> = names("/v1/deliveries").iter().map(|name| format!("{name}=x")).collect();
-        let uri: axum::http::Uri = format!("/v1/deliveries?{}", query.join("&")).parse().unwrap();
-        let axum::extract::Query(params) = axum::extract::Query::<ListParams>::try_from_uri(&uri).unwrap();
-        let ListParams { limit, cursor, endpoint_id, event_id, status } = params;
+        let taken = |names: &[&str]| -> Vec<String> {
+            let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names("/v1/endpoints"), taken(PageQuery::NAMES));
+        assert_eq!(names("/v1/events"), taken(PageQuery::NAMES));
+        assert_eq!(names("/v1/deliveries"), taken(DeliveryQuery::NAMES));
+    }
+
+    /// Each list's `NAMES` is what lets a parameter through, so it must name every field the struct reads.
+    #[test]
+    fn list_names_are_the_fields_read() {
+        fn parse<Q: ListQuery>() -> Q {
+            let query: Vec<String> = Q::NAMES.iter().map(|name| format!("{name}=x")).collect();
+            let uri: axum::http::Uri = format!("/?{}", query.join("&")).parse().unwrap();
+            axum::extract::Query::<Q>::try_from_uri(&uri).unwrap().0
+        }
+        let PageQuery { cursor, limit } = parse::<PageQuery>();
+        assert!(cursor.is_some() && limit.is_some());
+        let DeliveryQuery { cursor, limit, endpoint_id, event_id, status } = parse::<DeliveryQuery>();
         for (name, value) in [
-            ("limit", limit),
             ("cursor", cursor),
+            ("limit", limit),
             ("endpoint_id", endpoint_id),
             ("event_id", event_id),
             ("status", status),
         ] {
-            assert!(value.is_some(), "the deliveries list reads `{name}`, which the document does not describe");
+            assert!(value.is_some(), "the deliveries list reads `{name}`, which its NAMES leave out");
         }
+    }
+
+    /// 415 is what a body declared as anything but JSON answers, so exactly the operations with a body describe it.
+    #[test]
+    fn operations_with_a_body_describe_415() {
+        let doc = document();
+        let mut with_body = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let has_body = operation.get("requestBody").is_some();
+                with_body += usize::from(has_body);
+                assert_eq!(operation["responses"].get("415").is_some(), has_body, "{method} {path}");
+            }
+        }
+        assert_eq!(with_body, 4, "POST and PATCH of endpoints, PATCH of interviews, POST of calls");
     }
 
     #[test]
@@ -729,6 +782,7 @@ mod tests {
             ("NotFound", 404, "not_found"),
             ("Conflict", 409, "endpoint_disabled"),
             ("TooLarge", 413, "payload_too_large"),
+            ("UnsupportedMediaType", 415, "unsupported_media_type"),
             ("Unprocessable", 422, "invalid"),
             ("Internal", 500, "internal"),
         ] {

@@ -1,6 +1,8 @@
 //! Every caller mistake answers the right 4xx in the one envelope `{"error":{"code","message"[,"field"]}}`.
 
-use axum::http::{Method, StatusCode};
+use std::collections::BTreeSet;
+
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -12,6 +14,23 @@ fn assert_422(status: StatusCode, body: &Value, field: &str, what: &str) -> Valu
     let error = assert_error_envelope(body);
     assert_eq!(error["field"], field, "{what}: the error names the field: {body}");
     error.clone()
+}
+
+/// Expects the envelope with this status and code; answers the error object.
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str, what: &str) -> Value {
+    assert_eq!(status, expected, "{what}: {body}");
+    let error = assert_error_envelope(body);
+    assert_eq!(error["code"], code, "{what}: {body}");
+    error.clone()
+}
+
+/// The methods of an `Allow` header, upper-cased.
+fn allowed(headers: &HeaderMap, what: &str) -> BTreeSet<String> {
+    let allow = headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{what}: a 405 carries an Allow header: {headers:?}"));
+    allow.split(',').map(|m| m.trim().to_uppercase()).filter(|m| !m.is_empty()).collect()
 }
 
 on_both_stores! {
@@ -369,5 +388,239 @@ on_both_stores! {
         assert_eq!(status, StatusCode::OK, "{body}");
         let text = body.as_str().unwrap_or_default();
         assert!(text.contains("# TYPE"), "Prometheus text exposition: {text}");
+    }
+
+    async fn wrong_method_is_405_naming_the_allowed_ones() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let ep = app.a.create_endpoint(&receiver.url()).await;
+        let ep_id = ep["id"].as_str().unwrap().to_owned();
+        let cases: Vec<(Method, String, &[&str])> = vec![
+            (Method::PUT, "/v1/endpoints".into(), &["GET", "POST"]),
+            (Method::DELETE, "/v1/endpoints".into(), &["GET", "POST"]),
+            (Method::POST, format!("/v1/endpoints/{ep_id}"), &["GET", "PATCH", "DELETE"]),
+            (Method::PUT, format!("/v1/endpoints/{ep_id}"), &["GET", "PATCH", "DELETE"]),
+            (Method::DELETE, format!("/v1/endpoints/{ep_id}/secret"), &["GET"]),
+            (Method::GET, format!("/v1/endpoints/{ep_id}/rotate-secret"), &["POST"]),
+            (Method::POST, "/v1/interviews/cand_x".into(), &["GET", "PATCH"]),
+            (Method::GET, "/v1/calls".into(), &["POST"]),
+            (Method::POST, "/v1/events".into(), &["GET"]),
+            (Method::PATCH, "/v1/deliveries".into(), &["GET"]),
+            (Method::GET, "/v1/deliveries/dlv_x/retry".into(), &["POST"]),
+            (Method::POST, "/healthz".into(), &["GET"]),
+        ];
+        for (method, path, expected) in cases {
+            // With a key and without: the method is wrong whoever asks.
+            for api in [&app.a, &app.anon] {
+                let what = format!("{method} {path}");
+                let body = Some(serde_json::to_vec(&json!({ "url": receiver.url() })).unwrap());
+                let (status, headers, answer) =
+                    api.raw_with_headers(method.clone(), &path, Some("application/json"), body).await;
+                let error = assert_error(status, &answer, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &what);
+                let allow = allowed(&headers, &what);
+                let message = error["message"].as_str().unwrap();
+                assert!(message.contains(method.as_str()), "{what}: the message names the method: {message}");
+                for m in expected {
+                    assert!(allow.contains(*m), "{what}: Allow {allow:?} has {m}");
+                    assert!(message.contains(m), "{what}: the message names {m}: {message}");
+                }
+                assert!(!allow.contains(method.as_str()), "{what}: Allow {allow:?} does not list the method refused");
+            }
+        }
+        assert_eq!(app.a.list("/v1/endpoints").await.len(), 1, "the refused PUT and POST created nothing");
+    }
+
+    async fn unknown_paths_under_v1_are_404_in_the_envelope() {
+        let app = TestApp::spawn().await;
+        for path in [
+            "/v1",
+            "/v1/",
+            "/v1/nope",
+            "/v1/endpoint",
+            "/v1/endpoints/",
+            "/v1/endpoints/ep_x/secrets",
+            "/v1/endpoints/ep_x/test/again",
+            "/v1/deliveries/dlv_x/attempts",
+            "/v2/endpoints",
+        ] {
+            for (method, api) in [(Method::GET, &app.a), (Method::POST, &app.a), (Method::GET, &app.anon)] {
+                let what = format!("{method} {path}");
+                let (status, answer) = api.send(method.clone(), path, None).await;
+                assert_error(status, &answer, StatusCode::NOT_FOUND, "not_found", &what);
+            }
+        }
+    }
+
+    async fn the_bearer_scheme_is_case_insensitive() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let key = app.a.key.clone().unwrap();
+        let http = reqwest::Client::new();
+        for scheme in ["bearer", "BEARER", "bEaReR", "Bearer "] {
+            let response = http
+                .post(format!("{}/v1/endpoints", app.base))
+                .header("authorization", format!("{scheme} {key}"))
+                .header("content-type", "application/json")
+                .body(json!({ "url": receiver.url(), "description": scheme }).to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, StatusCode::CREATED, "authorization: {scheme:?} <key>: {body}");
+            assert_eq!(body["description"], scheme, "the endpoint belongs to the key's organization");
+        }
+        assert_eq!(app.a.list("/v1/endpoints").await.len(), 4);
+        assert!(app.b.list("/v1/endpoints").await.is_empty(), "none went to another organization");
+        // Any case of the scheme, but still only a known key.
+        for header in ["bearer tdk_thisisnotarealkey0000000000000000", "BEARER hunter2", "bearer", "bearerx {key}"] {
+            let response = http
+                .get(format!("{}/v1/endpoints", app.base))
+                .header("authorization", header.replace("{key}", &key))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized", &format!("authorization: {header}"));
+        }
+    }
+
+    async fn lists_refuse_query_parameters_they_do_not_take() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let ep = app.a.create_endpoint(&receiver.url()).await;
+        let ep_id = ep["id"].as_str().unwrap().to_owned();
+        let event = app.a.patch_interview("cand_params", json!({ "interview_summary": "x" })).await["event"].clone();
+        let evt_id = event["id"].as_str().unwrap().to_owned();
+
+        let refused: Vec<(&str, String, &str)> = vec![
+            ("/v1/events", "status=bogus".into(), "status"),
+            ("/v1/events", "status=pending".into(), "status"),
+            ("/v1/events", format!("endpoint_id={ep_id}"), "endpoint_id"),
+            ("/v1/events", "event_id=evt_x&limit=5".into(), "event_id"),
+            ("/v1/events", "Limit=5".into(), "Limit"),
+            ("/v1/endpoints", "status=pending".into(), "status"),
+            ("/v1/endpoints", format!("event_id={evt_id}"), "event_id"),
+            ("/v1/endpoints", "endpoint_id=ep_x".into(), "endpoint_id"),
+            ("/v1/endpoints", "enabled=true".into(), "enabled"),
+            ("/v1/deliveries", "endpoint=ep_x".into(), "endpoint"),
+            ("/v1/deliveries", "status=pending&state=pending".into(), "state"),
+        ];
+        for (list, query, name) in refused {
+            let what = format!("GET {list}?{query}");
+            let (status, body) = app.a.get(&format!("{list}?{query}")).await;
+            let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request", &what);
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains(&format!("`{name}`")), "{what}: the message names {name}: {message}");
+            assert!(message.contains("cursor") && message.contains("limit"), "{what}: the message says what it takes");
+        }
+
+        // Each list's own parameters are still read, and bad values keep their 422.
+        for list in ["/v1/endpoints", "/v1/events"] {
+            let (status, body) = app.a.get(&format!("{list}?limit=1&cursor=")).await;
+            assert_eq!(status, StatusCode::OK, "{list}: {body}");
+            assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{list}: {body}");
+        }
+        let query = format!("endpoint_id={ep_id}&event_id={evt_id}&status=pending&limit=5&cursor=");
+        let (status, body) = app.a.get(&format!("/v1/deliveries?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = app.a.get("/v1/deliveries?endpoint_id=ep_000000000000000000000000").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"], json!([]), "the filter is applied: {body}");
+        let (status, body) = app.a.get("/v1/deliveries?status=bogus").await;
+        assert_422(status, &body, "status", "an unknown delivery status");
+        let (status, body) = app.a.get("/v1/events?limit=0").await;
+        assert_422(status, &body, "limit", "a limit out of range");
+    }
+
+    async fn null_is_refused_for_endpoint_fields_that_cannot_be_null() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let url = receiver.url();
+        let ep = app
+            .a
+            .create_endpoint_with(json!({
+                "url": url,
+                "description": "kept",
+                "event_types": ["call_completed"],
+                "enabled": false
+            }))
+            .await;
+        let ep_path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
+        for field in ["url", "event_types", "enabled"] {
+            let what = format!("PATCH {{\"{field}\": null}}");
+            let (status, answer) = app.a.patch(&ep_path, json!({ field: null })).await;
+            let error = assert_422(status, &answer, field, &what);
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains("cannot be null"), "{what}: {message}");
+            // Alongside a good change, the null still refuses the whole edit.
+            let (status, answer) = app.a.patch(&ep_path, json!({ "description": "changed", field: null })).await;
+            assert_422(status, &answer, field, &format!("{what} with a description"));
+        }
+        let (_, unchanged) = app.a.get(&ep_path).await;
+        assert_eq!(unchanged["url"], url.as_str(), "refused edits change nothing: {unchanged}");
+        assert_eq!(unchanged["description"], "kept");
+        assert_eq!(unchanged["event_types"], json!(["call_completed"]));
+        assert_eq!(unchanged["enabled"], false);
+        // description is the one field that takes null: it clears it.
+        let (status, cleared) = app.a.patch(&ep_path, json!({ "description": null })).await;
+        assert_eq!(status, StatusCode::OK, "{cleared}");
+        assert_eq!(cleared["description"], "");
+
+        // Registration follows the same rule: leave a field out for its default.
+        for field in ["url", "event_types", "enabled"] {
+            let mut body = json!({ "url": url });
+            body[field] = Value::Null;
+            let (status, answer) = app.a.post("/v1/endpoints", body.clone()).await;
+            assert_422(status, &answer, field, &format!("POST {body}"));
+        }
+        assert_eq!(app.a.list("/v1/endpoints").await.len(), 1, "no refused endpoint was created");
+        let created = app.a.create_endpoint_with(json!({ "url": url, "description": null })).await;
+        assert_eq!(created["description"], "");
+        assert_eq!(created["enabled"], true);
+        assert_eq!(created["event_types"], json!(["candidate.interview.updated"]));
+    }
+
+    async fn a_body_declared_as_not_json_is_415() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let ep = app.a.create_endpoint(&receiver.url()).await;
+        let ep_path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
+        let cases = [
+            (Method::POST, "/v1/endpoints".to_owned(), json!({ "url": receiver.url_for("/other") })),
+            (Method::PATCH, ep_path.clone(), json!({ "enabled": false })),
+            (Method::PATCH, "/v1/interviews/cand_media".to_owned(), json!({ "interview_summary": "x" })),
+            (Method::POST, "/v1/calls".to_owned(), doc_call_example()),
+        ];
+        for (method, path, body) in &cases {
+            let bytes = serde_json::to_vec(body).unwrap();
+            for declared in ["text/plain", "application/x-www-form-urlencoded", "text/json", "application/jsonp", ""] {
+                let what = format!("{method} {path} declared as {declared:?}");
+                let (status, answer) = app.a.raw(method.clone(), path, Some(declared), Some(bytes.clone())).await;
+                let error =
+                    assert_error(status, &answer, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", &what);
+                let message = error["message"].as_str().unwrap();
+                assert!(message.contains("content-type: application/json"), "{what}: says what to send: {message}");
+            }
+        }
+        assert_eq!(app.a.list("/v1/endpoints").await.len(), 1, "no endpoint was created");
+        let (_, unchanged) = app.a.get(&ep_path).await;
+        assert_eq!(unchanged["enabled"], true, "no endpoint was edited");
+        let (status, _) = app.a.get("/v1/interviews/cand_media").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "no interview was written");
+        assert!(app.a.list("/v1/events").await.is_empty(), "no event was emitted");
+
+        // JSON in any of its spellings is read, and so is a body that declares no type at all.
+        for declared in
+            [Some("application/json; charset=utf-8"), Some("Application/JSON"), Some("application/merge-patch+json"), None]
+        {
+            let what = format!("declared as {declared:?}");
+            for (method, path, body) in &cases {
+                let bytes = serde_json::to_vec(body).unwrap();
+                let (status, answer) = app.a.raw(method.clone(), path, declared, Some(bytes)).await;
+                assert!(status.is_success(), "{method} {path} {what}: {status} {answer}");
+            }
+        }
     }
 }

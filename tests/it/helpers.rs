@@ -194,6 +194,18 @@ impl Api {
         content_type: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
+        let (status, _, value) = self.raw_with_headers(method, path, content_type, body).await;
+        (status, value)
+    }
+
+    /// [`Api::raw`], with the answer's headers too.
+    pub async fn raw_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, HeaderMap, Value) {
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
         if let Some(key) = &self.key {
             request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
@@ -206,6 +218,7 @@ impl Api {
         }
         let response = request.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap_or_else(|e| panic!("{method} {path} body: {e}"));
         let value = if bytes.is_empty() {
             Value::Null
@@ -213,7 +226,7 @@ impl Api {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        (status, value)
+        (status, headers, value)
     }
 
     pub async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
