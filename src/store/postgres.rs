@@ -162,32 +162,31 @@ async fn apply_updates(
         updates.push(InterviewUpdate { interview: applied.interview, event });
     }
 
-    if !written.is_empty() {
-        let (keys, data): (Vec<(String, String)>, Vec<String>) = written.into_iter().unzip();
-        let (orgs, candidates): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-        sqlx::query(
-            "INSERT INTO interviews (org_id, candidate_id, data, updated_at) \
-             SELECT o, c, d, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(o, c, d) \
-             ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-        )
+    // Interviews and their events in one statement (an event always comes with its interview written).
+    let upsert = "INSERT INTO interviews (org_id, candidate_id, data, updated_at) \
+                  SELECT o, c, d, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(o, c, d) \
+                  ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at";
+    let (keys, data): (Vec<(String, String)>, Vec<String>) = written.into_iter().unzip();
+    let (orgs, candidates): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+    if events.id.is_empty() {
+        if !orgs.is_empty() {
+            sqlx::query(upsert).bind(orgs).bind(candidates).bind(data).bind(now).execute(&mut *tx).await?;
+        }
+    } else {
+        let seqs: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "WITH written AS ({upsert}) \
+             INSERT INTO events (id, org_id, type, payload, created_at) \
+             SELECT i, o, $8, p, $4 FROM unnest($5::text[], $6::text[], $7::text[]) AS u(i, o, p) \
+             RETURNING id, seq"
+        ))
         .bind(orgs)
         .bind(candidates)
         .bind(data)
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !events.id.is_empty() {
-        let seqs: Vec<(String, i64)> = sqlx::query_as(
-            "INSERT INTO events (id, org_id, type, payload, created_at) \
-             SELECT i, o, $4, p, $5 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(i, o, p) \
-             RETURNING id, seq",
-        )
         .bind(&events.id)
         .bind(&events.org)
         .bind(&events.payload)
         .bind(interview::EVENT_TYPE)
-        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         let seqs: HashMap<String, i64> = seqs.into_iter().collect();
