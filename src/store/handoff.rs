@@ -18,6 +18,9 @@ use super::Claim;
 use crate::domain::ids;
 use crate::domain::time::{Millis, now_ms};
 
+/// Most queued claims passed over in one [`Handoff::take`].
+const SCAN: usize = 256;
+
 /// The queue between ingest and the local dispatcher.
 pub struct Handoff {
     /// Most claims queued or reserved at once.
@@ -75,9 +78,10 @@ impl Handoff {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Promises every free place to one write. Writes that make deliveries run one at a time per process
-    /// (each store has one writer), and each gives back what it did not use as soon as it has written its
-    /// deliveries ([`Reservation::settle`]), so taking all the room does not starve the next one.
+    /// Promises every free place to one write. Such writes run one at a time (SQLite's one writer; PostgreSQL's
+    /// one committer of interview updates), and each gives back what it did not use as soon as it has written
+    /// its deliveries ([`Reservation::settle`]), so taking all the room does not starve the next one. A write
+    /// that finds no room (a test event beside a PostgreSQL batch) leaves its deliveries to the queue.
     pub fn reserve(self: &Arc<Self>, now: Millis) -> Reservation {
         let places = if self.open.load(Ordering::Relaxed) {
             let mut state = self.state();
@@ -97,25 +101,28 @@ impl Handoff {
     }
 
     /// Takes queued claims for the dispatcher, oldest first, as long as `admit` accepts them (it says no to a
-    /// claim whose endpoint has no free slot: that claim stays queued) and at most `limit`. A claim whose lease
-    /// would run out before an attempt of `attempt` could finish is dropped: the store makes it due again when
-    /// the lease ends, and sending it now could overlap with that.
+    /// claim whose endpoint has no free slot: that claim stays queued) and at most `limit`. Looks at no more
+    /// than [`SCAN`] claims past those taken, so a long queue for one busy endpoint costs little per call. A
+    /// claim whose lease would run out before an attempt of `attempt` could finish is dropped: the store makes
+    /// it due again when the lease ends, and sending it now could overlap with that.
     pub fn take(&self, limit: usize, attempt: Duration, mut admit: impl FnMut(&Claim) -> bool) -> Vec<Claim> {
         let latest_start = now_ms() + attempt.as_millis() as Millis;
         let mut state = self.state();
         let mut taken = Vec::new();
         let mut kept = VecDeque::new();
-        while let Some(claim) = state.queue.pop_front() {
-            if taken.len() == limit {
-                state.queue.push_front(claim);
-                break;
-            }
+        // Endpoints refused once in this call: their later claims are passed over without asking again.
+        let mut full: Vec<String> = Vec::new();
+        while taken.len() < limit && kept.len() < SCAN {
+            let Some(claim) = state.queue.pop_front() else { break };
             if claim.lease_until <= latest_start {
                 continue;
             }
-            if admit(&claim) {
+            if full.contains(&claim.endpoint_id) {
+                kept.push_back(claim);
+            } else if admit(&claim) {
                 taken.push(claim);
             } else {
+                full.push(claim.endpoint_id.clone());
                 kept.push_back(claim);
             }
         }
