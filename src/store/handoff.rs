@@ -199,3 +199,73 @@ impl Drop for Reservation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::Trigger;
+
+    fn claim(reservation: &Reservation, endpoint: &str) -> Claim {
+        Claim {
+            delivery_id: ids::new_id(ids::DELIVERY),
+            lease_token: reservation.token.clone(),
+            lease_until: reservation.until,
+            event_id: ids::new_id(ids::EVENT),
+            endpoint_id: endpoint.into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            payload: Bytes::from_static(b"{}"),
+            secrets: Vec::new(),
+            scheduled_count: 0,
+            trigger: Trigger::Scheduled,
+        }
+    }
+
+    #[test]
+    fn places_are_promised_once_and_given_back() {
+        let handoff = Arc::new(Handoff::new(3, Duration::from_secs(60)));
+        let mut first = handoff.reserve(now_ms());
+        assert_eq!(first.room(), 3);
+        assert_eq!(handoff.reserve(now_ms()).room(), 0, "all promised to the first");
+        first.push(claim(&first, "ep_a"));
+        first.settle();
+        let second = handoff.reserve(now_ms());
+        assert_eq!(second.room(), 2, "the unused places came back");
+        drop(second);
+        first.commit();
+        assert_eq!(handoff.reserve(now_ms()).room(), 2, "one place holds a queued claim");
+        assert_eq!(handoff.take(10, Duration::from_secs(1), |_| true).len(), 1);
+        assert_eq!(handoff.reserve(now_ms()).room(), 3);
+    }
+
+    #[test]
+    fn claims_without_time_left_on_their_lease_are_not_started() {
+        let handoff = Arc::new(Handoff::new(4, Duration::from_millis(500)));
+        let mut reservation = handoff.reserve(now_ms());
+        reservation.push(claim(&reservation, "ep_a"));
+        reservation.commit();
+        assert!(handoff.take(10, Duration::from_secs(1), |_| true).is_empty());
+        assert!(handoff.close().is_empty(), "dropped, left to the store");
+    }
+
+    #[test]
+    fn a_full_endpoint_does_not_hold_up_the_others() {
+        let handoff = Arc::new(Handoff::new(8, Duration::from_secs(60)));
+        let mut reservation = handoff.reserve(now_ms());
+        for endpoint in ["ep_busy", "ep_busy", "ep_free", "ep_busy"] {
+            reservation.push(claim(&reservation, endpoint));
+        }
+        reservation.commit();
+        let mut asked = 0;
+        let taken = handoff.take(10, Duration::from_secs(1), |c| {
+            asked += 1;
+            c.endpoint_id == "ep_free"
+        });
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].endpoint_id, "ep_free");
+        assert_eq!(asked, 2, "a full endpoint is asked about once");
+        let left: Vec<String> = handoff.close().into_iter().map(|c| c.endpoint_id).collect();
+        assert_eq!(left, ["ep_busy", "ep_busy", "ep_busy"], "in their order");
+    }
+}
