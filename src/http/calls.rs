@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Org};
-use super::openapi::{BadRequest, CallObject, Internal, TooLarge, Unauthorized, Unprocessable, UnsupportedMediaType};
+use super::openapi::{BodyErrors, CallObject};
 use super::views::EventView;
 use crate::domain::call;
 use crate::store::Fanout;
@@ -33,12 +33,7 @@ pub struct RecordedCall {
     request_body = CallObject,
     responses(
         (status = 201, description = "The event emitted", body = RecordedCall),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 500, response = Internal),
+        BodyErrors,
     ),
 )]
 pub async fn create_call(

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{DeliveryQuery, List, Org, PathId};
-use super::openapi::{BadRequest, DeliveryFilters, Internal, NotFound, PageParams, Unauthorized, Unprocessable};
+use super::openapi::{DeliveryFilters, IdErrors, ListErrors, PageParams};
 use super::views::{AttemptView, DeliveryList, DeliveryView, ListView};
 use crate::domain::Invalid;
 use crate::store::{DeliveryFilter, DeliveryStatus};
@@ -25,10 +25,7 @@ use crate::store::{DeliveryFilter, DeliveryStatus};
     params(DeliveryFilters, PageParams),
     responses(
         (status = 200, description = "One page of deliveries", body = DeliveryList),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 422, response = Unprocessable),
-        (status = 500, response = Internal),
+        ListErrors,
     ),
 )]
 pub async fn list_deliveries(
@@ -61,9 +58,7 @@ pub async fn list_deliveries(
     params(("id" = String, Path, description = "The delivery's id, `dlv_…`")),
     responses(
         (status = 200, description = "The delivery and every attempt", body = DeliveryView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 500, response = Internal),
+        IdErrors,
     ),
 )]
 pub async fn get_delivery(
@@ -89,9 +84,7 @@ pub async fn get_delivery(
     params(("id" = String, Path, description = "The delivery's id, `dlv_…`")),
     responses(
         (status = 202, description = "The delivery, due now", body = DeliveryView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 500, response = Internal),
+        IdErrors,
     ),
 )]
 pub async fn retry_delivery(

@@ -13,8 +13,7 @@ use super::actions::{TEST_ON_DISABLED, TestEvent};
 use super::error::ApiError;
 use super::extract::{Fields, JsonBody, List, Org, PageQuery, PathId};
 use super::openapi::{
-    BadRequest, Conflict, EndpointPatchBody, Internal, NewEndpointBody, NotFound, PageParams, TooLarge, Unauthorized,
-    Unprocessable, UnsupportedMediaType,
+    BodyErrors, Conflict, EndpointPatchBody, IdErrors, ListErrors, NewEndpointBody, NotFound, PageParams,
 };
 use super::views::{DeliveryView, EndpointList, EndpointView, ListView};
 use crate::domain::endpoint::{EndpointUrl, parse_event_types, validate_description};
@@ -62,12 +61,7 @@ async fn find(state: &AppState, org: &str, id: &str) -> Result<EndpointRecord, A
     request_body = NewEndpointBody,
     responses(
         (status = 201, description = "Registered", body = CreatedEndpoint),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 500, response = Internal),
+        BodyErrors,
     ),
 )]
 pub async fn create_endpoint(
@@ -107,10 +101,7 @@ pub async fn create_endpoint(
     params(PageParams),
     responses(
         (status = 200, description = "One page of endpoints", body = EndpointList),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 422, response = Unprocessable),
-        (status = 500, response = Internal),
+        ListErrors,
     ),
 )]
 pub async fn list_endpoints(
@@ -131,9 +122,7 @@ pub async fn list_endpoints(
     params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
     responses(
         (status = 200, description = "The endpoint", body = EndpointView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 500, response = Internal),
+        IdErrors,
     ),
 )]
 pub async fn get_endpoint(
@@ -156,13 +145,8 @@ pub async fn get_endpoint(
     request_body = EndpointPatchBody,
     responses(
         (status = 200, description = "The endpoint as edited", body = EndpointView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        BodyErrors,
         (status = 404, response = NotFound),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 500, response = Internal),
     ),
 )]
 pub async fn update_endpoint(
@@ -198,9 +182,7 @@ pub async fn update_endpoint(
     params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 500, response = Internal),
+        IdErrors,
     ),
 )]
 pub async fn delete_endpoint(
@@ -224,9 +206,7 @@ pub async fn delete_endpoint(
     params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
     responses(
         (status = 200, description = "The current secret", body = SecretView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 500, response = Internal),
+        IdErrors,
     ),
 )]
 pub async fn get_secret(
@@ -251,9 +231,7 @@ pub async fn get_secret(
     params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
     responses(
         (status = 200, description = "The new secret", body = SecretView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 500, response = Internal),
+        IdErrors,
     ),
 )]
 pub async fn rotate_secret(
@@ -277,10 +255,8 @@ pub async fn rotate_secret(
     params(("id" = String, Path, description = "The endpoint's id, `ep_…`")),
     responses(
         (status = 202, description = "The delivery, due now", body = DeliveryView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
+        IdErrors,
         (status = 409, response = Conflict),
-        (status = 500, response = Internal),
     ),
 )]
 pub async fn test_endpoint(

@@ -6,7 +6,7 @@ use axum::extract::State;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{List, Org, PageQuery, PathId};
-use super::openapi::{BadRequest, Internal, NotFound, PageParams, Unauthorized, Unprocessable};
+use super::openapi::{IdErrors, ListErrors, PageParams};
 use super::views::{EventList, EventView, ListView};
 use crate::domain::ids;
 
@@ -22,10 +22,7 @@ use crate::domain::ids;
     params(PageParams),
     responses(
         (status = 200, description = "One page of events", body = EventList),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 422, response = Unprocessable),
-        (status = 500, response = Internal),
+        ListErrors,
     ),
 )]
 pub async fn list_events(
@@ -46,9 +43,7 @@ pub async fn list_events(
     params(("id" = String, Path, description = "The event's id, `evt_…`")),
     responses(
         (status = 200, description = "The event", body = EventView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 500, response = Internal),
+        IdErrors,
     ),
 )]
 pub async fn get_event(

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Org, PathId};
-use super::openapi::{BadRequest, Internal, NotFound, TooLarge, Unauthorized, Unprocessable, UnsupportedMediaType};
+use super::openapi::{BodyErrors, IdErrors, NotFound};
 use super::views::EventView;
 use crate::domain::interview::{EVENT_TYPE, Interview, InterviewPatch, validate_candidate_id};
 
@@ -36,13 +36,8 @@ pub struct UpdatedInterview {
     request_body = InterviewPatch,
     responses(
         (status = 200, description = "The interview as updated, and the event emitted", body = UpdatedInterview),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        BodyErrors,
         (status = 404, response = NotFound),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 500, response = Internal),
     ),
 )]
 pub async fn update_interview(
@@ -69,9 +64,7 @@ pub async fn update_interview(
     params(("candidate_id" = String, Path, description = "Your id of the candidate")),
     responses(
         (status = 200, description = "The interview's current data", body = Interview),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 500, response = Internal),
+        IdErrors,
     ),
 )]
 pub async fn get_interview(

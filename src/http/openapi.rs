@@ -3,6 +3,8 @@
 //! rather than into structs, so their schemas are built here from the domain's own field lists and limits, and
 //! error examples are made by [`ApiError`] itself: the document follows the code instead of restating it.
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -17,7 +19,7 @@ use utoipa::openapi::schema::{
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Deprecated, RefOr, Required};
-use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 
 use super::actions::TEST_ON_DISABLED;
 use super::error::{ApiError, ErrorEnvelope};
@@ -173,6 +175,39 @@ error_responses! {
         ApiError::Invalid(Invalid::new("url", "must use http or https"));
     Internal: "The service failed; the details are in its log, not in the answer.",
         ApiError::Internal(StoreError::Closed);
+}
+
+/// The error answers shared by a family of operations, each named once: every `/v1` operation can answer 401
+/// and 500, one that looks up an id 404, a list 400 and 422, and one that reads a JSON body 400, 413, 415 and
+/// 422. An operation adds what only it can answer.
+macro_rules! error_sets {
+    ($($name:ident: $description:literal [$($status:literal => $response:ident),*];)*) => {$(
+        #[doc = $description]
+        pub struct $name;
+
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                [$(($status.to_owned(), RefOr::Ref(Ref::from_response_name(stringify!($response))))),*]
+                    .into_iter()
+                    .collect()
+            }
+        }
+    )*};
+}
+
+error_sets! {
+    KeyErrors: "Any `/v1` operation." ["401" => Unauthorized, "500" => Internal];
+    IdErrors: "An operation on one row by its id." ["401" => Unauthorized, "404" => NotFound, "500" => Internal];
+    ListErrors: "A list with query parameters."
+        ["400" => BadRequest, "401" => Unauthorized, "422" => Unprocessable, "500" => Internal];
+    BodyErrors: "An operation that reads a JSON body." [
+        "400" => BadRequest,
+        "401" => Unauthorized,
+        "413" => TooLarge,
+        "415" => UnsupportedMediaType,
+        "422" => Unprocessable,
+        "500" => Internal
+    ];
 }
 
 // ---------------------------------------------------------------------------------------------------------
