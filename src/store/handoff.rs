@@ -102,7 +102,7 @@ impl Handoff {
 
     /// Takes queued claims for the dispatcher, oldest first, as long as `admit` accepts them (it says no to a
     /// claim whose endpoint has no free slot: that claim stays queued) and at most `limit`. Looks at no more
-    /// than [`SCAN`] claims past those taken, so a long queue for one busy endpoint costs little per call. A
+    /// than 256 claims past those taken, so a long queue for one busy endpoint costs little per call. A
     /// claim whose lease would run out before an attempt of `attempt` could finish is dropped: the store makes
     /// it due again when the lease ends, and sending it now could overlap with that.
     pub fn take(&self, limit: usize, attempt: Duration, mut admit: impl FnMut(&Claim) -> bool) -> Vec<Claim> {
