@@ -1,9 +1,11 @@
 //! Delivery workers: claim due deliveries in batches under a lease, send them, record every attempt, and
 //! schedule the next one or finish.
 //!
-//! One claim loop per process feeds sending tasks; bounds on in-flight attempts (overall and per endpoint)
-//! keep one slow receiver from taking every slot. Results go to a recorder task that writes them in
-//! batches, one transaction per batch (a group commit), so the disk is synced once for many attempts.
+//! Deliveries this process wrote come from the store's handoff and are started by a task of their own; the
+//! rest (retries, deliveries written elsewhere or beyond the handoff's room) by one claim loop per process.
+//! Bounds on in-flight attempts (overall and per endpoint) keep one slow receiver from taking every slot.
+//! Results go to a recorder task that writes them in batches, one transaction per batch (a group commit), so
+//! the disk is synced once for many attempts.
 
 pub mod sender;
 
@@ -93,7 +95,7 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     in_flight: Arc<Mutex<InFlight>>,
-    /// Deliveries the store leased to this process as they were written: started before anything is claimed.
+    /// Deliveries the store leased to this process as they were written, started by [`Starter`].
     handoff: Option<Arc<Handoff>>,
 }
 
