@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+/// Attempts in flight at once per process, unless configured. A slot is held until its result is recorded, so
+/// this also bounds throughput by the store's recording time: 512 keeps a PostgreSQL server that takes 10–20 ms
+/// per batch busy, and bounds what a crash can make a receiver see twice.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+
 /// Everything `tidings serve` (and the tests) can tune. Built by the CLI from flags and `TIDINGS_*`
 /// variables, or by tests from [`ServeConfig::new`] with fields overridden.
 #[derive(Debug, Clone)]
@@ -56,7 +61,7 @@ impl ServeConfig {
             max_body_bytes: 1024 * 1024,
             workers: true,
             api: true,
-            max_in_flight: 256,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             endpoint_concurrency: 64,
             secret_grace: Duration::from_secs(24 * 60 * 60),
             poll_interval: Duration::from_secs(1),

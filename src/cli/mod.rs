@@ -83,7 +83,7 @@ struct ServeArgs {
     #[arg(long, env = "TIDINGS_NO_WORKERS")]
     no_workers: bool,
     /// Attempts in flight at once in this process.
-    #[arg(long, env = "TIDINGS_MAX_IN_FLIGHT", default_value_t = 256)]
+    #[arg(long, env = "TIDINGS_MAX_IN_FLIGHT", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: usize,
     /// Attempts in flight at once to one endpoint.
     #[arg(long, env = "TIDINGS_ENDPOINT_CONCURRENCY", default_value_t = 64)]
