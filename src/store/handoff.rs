@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use secrecy::SecretString;
 use tokio::sync::Notify;
 
-use super::Claim;
+use super::{Claim, Trigger};
 use crate::domain::ids;
 use crate::domain::time::{Millis, now_ms};
 
@@ -39,6 +41,17 @@ struct State {
     queue: VecDeque<Claim>,
     /// Places promised to transactions not yet committed.
     reserved: usize,
+}
+
+/// A delivery just written leased under a reservation: what its claim needs beyond the lease.
+pub struct Handed {
+    pub delivery_id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub url: String,
+    /// The event's body, shared by every claim of the event.
+    pub payload: Bytes,
+    pub secrets: Vec<SecretString>,
 }
 
 /// Places in the queue promised to one transaction: it leases at most this many of its deliveries. Places
@@ -141,9 +154,12 @@ impl Handoff {
 }
 
 impl Reservation {
-    /// A reservation with no place, for a store without a local dispatcher.
-    pub fn none(now: Millis) -> Self {
-        Self { handoff: None, places: 0, token: String::new(), until: now, claims: Vec::new() }
+    /// The places `handoff` can promise one write now, or none for a store without local workers.
+    pub fn of(handoff: Option<&Arc<Handoff>>, now: Millis) -> Self {
+        match handoff {
+            Some(handoff) => handoff.reserve(now),
+            None => Self { handoff: None, places: 0, token: String::new(), until: now, claims: Vec::new() },
+        }
     }
 
     /// Whether another delivery can be handed off.
@@ -156,10 +172,21 @@ impl Reservation {
         self.places - self.claims.len()
     }
 
-    /// Adds the claim of a delivery just written leased under this reservation.
-    pub fn push(&mut self, claim: Claim) {
+    /// Adds the claim of a delivery just written leased under this reservation: its first, scheduled attempt.
+    pub fn push(&mut self, delivery: Handed) {
         debug_assert!(self.has_room());
-        self.claims.push(claim);
+        self.claims.push(Claim {
+            delivery_id: delivery.delivery_id,
+            lease_token: self.token.clone(),
+            lease_until: self.until,
+            event_id: delivery.event_id,
+            endpoint_id: delivery.endpoint_id,
+            url: delivery.url,
+            payload: delivery.payload,
+            secrets: delivery.secrets,
+            scheduled_count: 0,
+            trigger: Trigger::Scheduled,
+        });
     }
 
     /// Gives back the places not filled, once the transaction has written its deliveries, so the next
@@ -202,23 +229,16 @@ impl Drop for Reservation {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use crate::store::Trigger;
 
-    fn claim(reservation: &Reservation, endpoint: &str) -> Claim {
-        Claim {
+    fn handed(endpoint: &str) -> Handed {
+        Handed {
             delivery_id: ids::new_id(ids::DELIVERY),
-            lease_token: reservation.token.clone(),
-            lease_until: reservation.until,
             event_id: ids::new_id(ids::EVENT),
             endpoint_id: endpoint.into(),
             url: "http://127.0.0.1:9/hook".into(),
             payload: Bytes::from_static(b"{}"),
             secrets: Vec::new(),
-            scheduled_count: 0,
-            trigger: Trigger::Scheduled,
         }
     }
 
@@ -228,7 +248,7 @@ mod tests {
         let mut first = handoff.reserve(now_ms());
         assert_eq!(first.room(), 3);
         assert_eq!(handoff.reserve(now_ms()).room(), 0, "all promised to the first");
-        first.push(claim(&first, "ep_a"));
+        first.push(handed("ep_a"));
         first.settle();
         let second = handoff.reserve(now_ms());
         assert_eq!(second.room(), 2, "the unused places came back");
@@ -243,7 +263,7 @@ mod tests {
     fn claims_without_time_left_on_their_lease_are_not_started() {
         let handoff = Arc::new(Handoff::new(4, Duration::from_millis(500)));
         let mut reservation = handoff.reserve(now_ms());
-        reservation.push(claim(&reservation, "ep_a"));
+        reservation.push(handed("ep_a"));
         reservation.commit();
         assert!(handoff.take(10, Duration::from_secs(1), |_| true).is_empty());
         assert!(handoff.close().is_empty(), "dropped, left to the store");
@@ -254,7 +274,7 @@ mod tests {
         let handoff = Arc::new(Handoff::new(8, Duration::from_secs(60)));
         let mut reservation = handoff.reserve(now_ms());
         for endpoint in ["ep_busy", "ep_busy", "ep_free", "ep_busy"] {
-            reservation.push(claim(&reservation, endpoint));
+            reservation.push(handed(endpoint));
         }
         reservation.commit();
         let mut asked = 0;

@@ -15,7 +15,7 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::handoff::{Handoff, Reservation};
+use super::handoff::{Handed, Handoff, Reservation};
 use super::rows::{
     ATTEMPT_COLUMNS, AttemptRow, ClaimRow, DELIVERY_COLUMNS, DeliveryRow, ENDPOINT_COLUMNS, EVENT_COLUMNS, EndpointRow,
     EventRow, NewDeliveryRow, records,
@@ -93,7 +93,7 @@ const UPDATE_BATCH: usize = 256;
 async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
     let mut batch = Vec::with_capacity(UPDATE_BATCH);
     while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
-        match apply_updates(&pool, &batch, reserve(&handoff)).await {
+        match apply_updates(&pool, &batch, Reservation::of(handoff.as_ref(), now_ms())).await {
             Ok(done) => {
                 for (job, update) in batch.drain(..).zip(done) {
                     let _ = job.reply.send(Ok(update));
@@ -202,14 +202,6 @@ async fn apply_updates(
     Ok(updates)
 }
 
-/// The handoff's free places for one transaction, or none without local workers.
-fn reserve(handoff: &Option<Arc<Handoff>>) -> Reservation {
-    match handoff {
-        Some(handoff) => handoff.reserve(now_ms()),
-        None => Reservation::none(now_ms()),
-    }
-}
-
 /// An event just inserted, whose deliveries are to be made.
 struct NewEvent {
     id: String,
@@ -273,14 +265,10 @@ async fn insert_deliveries(
         }
         let Some((text, body)) = bodies.get_mut(row.event_id.as_str()) else { continue };
         let payload = body.get_or_insert_with(|| Bytes::copy_from_slice(text.as_bytes())).clone();
-        reservation.push(Claim {
-            lease_token: reservation.token.clone(),
-            lease_until: reservation.until,
+        reservation.push(Handed {
             secrets: signing_secrets(row.secret, row.previous_secret, row.previous_secret_until, now),
             url: row.url,
             payload,
-            scheduled_count: 0,
-            trigger: Trigger::Scheduled,
             delivery_id: row.id,
             event_id: row.event_id,
             endpoint_id: row.endpoint_id,
@@ -553,7 +541,7 @@ impl Store for PostgresStore {
         fanout: Fanout,
     ) -> Result<(EventRecord, Vec<DeliveryRecord>)> {
         let now = now_ms();
-        let mut reservation = reserve(&self.handoff);
+        let mut reservation = Reservation::of(self.handoff.as_ref(), now_ms());
         let mut tx = self.pool.begin().await?;
         let event = Self::insert_event(&mut tx, org, event_type, payload, &fanout, now, &mut reservation).await?;
         reservation.settle();

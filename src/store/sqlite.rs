@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 
-use super::handoff::{Handoff, Reservation};
+use super::handoff::{Handed, Handoff, Reservation};
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
     EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
@@ -67,10 +67,7 @@ where
         // An earlier run's reservation gives its places back here.
         self.outcome = None;
         let now = now_ms();
-        let mut reservation = match &self.handoff {
-            Some(handoff) => handoff.reserve(now),
-            None => Reservation::none(now),
-        };
+        let mut reservation = Reservation::of(self.handoff.as_ref(), now);
         let result = (self.f)(connection, &mut reservation);
         reservation.settle();
         let ok = result.is_ok();
@@ -383,17 +380,13 @@ fn insert_event(
                 // Leased to this process, and due again (for any worker) only when the lease runs out.
                 let until = reservation.until;
                 insert.execute(params![delivery_id, org, id, endpoint_id, now, until, until, reservation.token])?;
-                reservation.push(Claim {
-                    lease_token: reservation.token.clone(),
-                    lease_until: until,
+                reservation.push(Handed {
+                    delivery_id,
                     event_id: id.clone(),
+                    endpoint_id,
                     url: row.get(2)?,
                     payload: body.clone(),
                     secrets: signing_secrets(row.get(3)?, row.get(4)?, row.get(5)?, now),
-                    scheduled_count: 0,
-                    trigger: Trigger::Scheduled,
-                    delivery_id,
-                    endpoint_id,
                 });
             }
             _ => {
