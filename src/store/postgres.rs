@@ -337,6 +337,21 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// One newest-first page of `org`'s rows of `table` (`seq` is the cursor): up to `limit + 1` rows, so
+    /// [`Page::from_rows`] can tell whether there is more.
+    async fn org_page<R>(&self, columns: &str, table: &str, org: &str, page: PageRequest) -> Result<Vec<R>>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let sql = format!("SELECT {columns} FROM {table} WHERE org_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
+        Ok(sqlx::query_as(&sql)
+            .bind(org)
+            .bind(page.before.unwrap_or(i64::MAX))
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Records a batch of attempt results in one statement.
     async fn record_slice(&self, results: &[AttemptResult]) -> Result<()> {
         // One statement for the whole batch. A delivery twice in one batch (a stale lease's result beside the
@@ -447,15 +462,7 @@ impl Store for PostgresStore {
     }
 
     async fn list_endpoints(&self, org: &str, page: PageRequest) -> Result<Page<EndpointRecord>> {
-        let sql = format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-        );
-        let rows: Vec<EndpointRow> = sqlx::query_as(&sql)
-            .bind(org)
-            .bind(page.before.unwrap_or(i64::MAX))
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<EndpointRow> = self.org_page(ENDPOINT_COLUMNS, "endpoints", org, page).await?;
         Ok(Page::from_rows(records(rows)?, page.limit, |e| e.seq))
     }
 
@@ -553,14 +560,7 @@ impl Store for PostgresStore {
     }
 
     async fn list_events(&self, org: &str, page: PageRequest) -> Result<Page<EventRecord>> {
-        let sql =
-            format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
-        let rows: Vec<EventRow> = sqlx::query_as(&sql)
-            .bind(org)
-            .bind(page.before.unwrap_or(i64::MAX))
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<EventRow> = self.org_page(EVENT_COLUMNS, "events", org, page).await?;
         Ok(Page::from_rows(rows.into_iter().map(EventRecord::from).collect(), page.limit, |e| e.seq))
     }
 

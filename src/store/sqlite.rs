@@ -431,6 +431,23 @@ fn apply_update(
     Ok(InterviewUpdate { interview: applied.interview, event })
 }
 
+/// One newest-first page of `org`'s rows of `table` (`seq` is the cursor): up to `limit + 1` rows, so
+/// [`Page::from_rows`] can tell whether there is more.
+fn org_page<T>(
+    c: &Connection,
+    columns: &str,
+    table: &str,
+    org: &str,
+    page: PageRequest,
+    read: fn(&Row) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let sql = format!("SELECT {columns} FROM {table} WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?");
+    let before = page.before.unwrap_or(i64::MAX);
+    let mut statement = c.prepare_cached(&sql)?;
+    let rows = statement.query_map(params![org, before, i64::from(page.limit) + 1], read)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 fn get_endpoint(c: &Connection, org: &str, id: &str) -> Result<Option<EndpointRecord>> {
     let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND id = ?");
     Ok(c.prepare_cached(&sql)?.query_row(params![org, id], endpoint).optional()?)
@@ -487,14 +504,7 @@ impl Store for SqliteStore {
     async fn list_endpoints(&self, org: &str, page: PageRequest) -> Result<Page<EndpointRecord>> {
         let org = org.to_owned();
         self.read(move |c| {
-            let sql = format!(
-                "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-            );
-            let before = page.before.unwrap_or(i64::MAX);
-            let rows = c
-                .prepare_cached(&sql)?
-                .query_map(params![org, before, i64::from(page.limit) + 1], endpoint)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = org_page(c, ENDPOINT_COLUMNS, "endpoints", &org, page, endpoint)?;
             Ok(Page::from_rows(rows, page.limit, |e| e.seq))
         })
         .await
@@ -584,13 +594,7 @@ impl Store for SqliteStore {
     async fn list_events(&self, org: &str, page: PageRequest) -> Result<Page<EventRecord>> {
         let org = org.to_owned();
         self.read(move |c| {
-            let sql =
-                format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?");
-            let before = page.before.unwrap_or(i64::MAX);
-            let rows = c
-                .prepare_cached(&sql)?
-                .query_map(params![org, before, i64::from(page.limit) + 1], event)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = org_page(c, EVENT_COLUMNS, "events", &org, page, event)?;
             Ok(Page::from_rows(rows, page.limit, |e| e.seq))
         })
         .await

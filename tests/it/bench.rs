@@ -28,6 +28,7 @@ fn bench_runs_and_reports_every_figure() {
     for run in ["latency_unloaded", "latency_fixed", "latency_half_throughput"] {
         let latency = &report[run];
         assert!(latency["count"].as_u64().is_some_and(|n| n > 0), "{run} measured something: {latency}");
-        assert!(latency["p50_ms"].as_f64() <= latency["max_ms"].as_f64(), "{run}: p50 ≤ max: {latency}");
+        let (p50, max) = (latency["p50_ms"].as_f64().expect("p50_ms"), latency["max_ms"].as_f64().expect("max_ms"));
+        assert!(p50 <= max, "{run}: p50 ≤ max: {latency}");
     }
 }

@@ -125,6 +125,9 @@ on_both_stores! {
         let b_got = b_rx.wait_for(1).await;
         assert_eq!(a_got[0].webhook_id(), a_answer["event"]["id"].as_str().unwrap());
         assert_eq!(b_got[0].webhook_id(), b_answer["event"]["id"].as_str().unwrap());
+        // The store made one delivery per organization; absence at the receivers cannot be polled for.
+        assert_eq!(app.a.deliveries("").await.len(), 1);
+        assert_eq!(app.b.deliveries("").await.len(), 1);
         tokio::time::sleep(ms(200)).await;
         assert_eq!(a_rx.count(), 1, "A's endpoint gets only A's events");
         assert_eq!(b_rx.count(), 1, "B's endpoint gets only B's events");

@@ -87,6 +87,7 @@ on_both_stores! {
 
         let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
         assert_eq!(delivery["attempt_count"], 2);
+        assert_eq!(attempts(&delivery).len(), 2, "{delivery:#}");
         for attempt in attempts(&delivery) {
             assert_attempt_shape(attempt);
             assert_eq!(attempt["error"], "timeout", "{attempt}");
@@ -105,6 +106,7 @@ on_both_stores! {
 
         let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
         assert_eq!(delivery["attempt_count"], 2);
+        assert_eq!(attempts(&delivery).len(), 2, "{delivery:#}");
         for attempt in attempts(&delivery) {
             assert_eq!(attempt["status_code"], 302, "{attempt}");
             assert_eq!(attempt["error"], "status", "{attempt}");
@@ -120,6 +122,7 @@ on_both_stores! {
 
         let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
         assert_eq!(delivery["attempt_count"], 2);
+        assert_eq!(attempts(&delivery).len(), 2, "{delivery:#}");
         for attempt in attempts(&delivery) {
             assert_eq!(attempt["error"], "connect", "{attempt}");
             assert!(attempt["status_code"].is_null(), "{attempt}");

@@ -146,6 +146,13 @@ impl Visitor {
         page.expect(StatusCode::OK);
         self.submit(&page, path, fields).await
     }
+
+    /// Adds an enabled webhook for interview updates to `url` through the form; answers its id.
+    async fn add_webhook(&self, url: &str) -> String {
+        let fields = [("url", url), ("event_types", INTERVIEW), ("enabled", "on")];
+        let created = self.submit_from("/settings/webhooks/new", "/settings/webhooks", &fields).await;
+        id_in(&created.redirects_to("/settings/webhooks/ep_"))
+    }
 }
 
 /// HTML-escapes text the way the templates (askama) do, to look for it in a page.
@@ -490,14 +497,7 @@ on_both_stores! {
         let app = TestApp::spawn().await;
         let receiver = Receiver::ok().await;
         let visitor = Visitor::signed_in(&app, &app.a).await;
-        let created = visitor
-            .submit_from(
-                "/settings/webhooks/new",
-                "/settings/webhooks",
-                &[("url", &receiver.url()), ("event_types", INTERVIEW), ("enabled", "on")],
-            )
-            .await;
-        let ep = id_in(&created.redirects_to("/settings/webhooks/ep_"));
+        let ep = visitor.add_webhook(&receiver.url()).await;
         let path = format!("/settings/webhooks/{ep}");
 
         // The page shows the stored values in its form, and hides the secret until asked.
@@ -584,14 +584,7 @@ on_both_stores! {
         let app = TestApp::spawn().await;
         let receiver = Receiver::ok().await;
         let visitor = Visitor::signed_in(&app, &app.a).await;
-        let created = visitor
-            .submit_from(
-                "/settings/webhooks/new",
-                "/settings/webhooks",
-                &[("url", &receiver.url()), ("event_types", INTERVIEW), ("enabled", "on")],
-            )
-            .await;
-        let ep = id_in(&created.redirects_to("/settings/webhooks/ep_"));
+        let ep = visitor.add_webhook(&receiver.url()).await;
         let path = format!("/settings/webhooks/{ep}");
 
         let sent = visitor.submit_from(&path, &format!("{path}/test"), &[]).await;
