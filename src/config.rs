@@ -5,10 +5,22 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-/// Attempts in flight at once per process, unless configured. A slot is held until its result is recorded, so
-/// this also bounds throughput by the store's recording time: 512 keeps a PostgreSQL server that takes 10–20 ms
-/// per batch busy, and bounds what a crash can make a receiver see twice.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+/// The defaults of `tidings serve`, written once for the flags and for [`ServeConfig::new`]; durations in the
+/// form the flags take.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const RETRY_SCHEDULE: &str = "30s,5m,50m";
+    pub const RETRY_JITTER: f64 = 0.2;
+    pub const ATTEMPT_TIMEOUT: &str = "15s";
+    pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    /// A slot is held until its result is recorded, so this also bounds throughput by the store's recording
+    /// time: 512 keeps a PostgreSQL server that takes 10–20 ms per batch busy, and bounds what a crash can
+    /// make a receiver see twice.
+    pub const MAX_IN_FLIGHT: usize = 512;
+    pub const ENDPOINT_CONCURRENCY: usize = 64;
+    pub const SECRET_GRACE: &str = "24h";
+    pub const POLL_INTERVAL: &str = "1s";
+}
 
 /// Everything `tidings serve` (and the tests) can tune. Built by the CLI from flags and `TIDINGS_*`
 /// variables, or by tests from [`ServeConfig::new`] with fields overridden.
@@ -52,19 +64,19 @@ impl ServeConfig {
     /// The defaults of `tidings serve`, on the given database.
     pub fn new(database: impl Into<String>) -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: defaults::LISTEN.parse().expect("the default address parses"),
             database: database.into(),
-            retry_schedule: vec![Duration::from_secs(30), Duration::from_secs(5 * 60), Duration::from_secs(50 * 60)],
-            retry_jitter: 0.2,
-            attempt_timeout: Duration::from_secs(15),
+            retry_schedule: parse_schedule(defaults::RETRY_SCHEDULE).expect("the default schedule parses"),
+            retry_jitter: defaults::RETRY_JITTER,
+            attempt_timeout: parse_duration(defaults::ATTEMPT_TIMEOUT).expect("the default timeout parses"),
             allow_private_targets: false,
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
             workers: true,
             api: true,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            endpoint_concurrency: 64,
-            secret_grace: Duration::from_secs(24 * 60 * 60),
-            poll_interval: Duration::from_secs(1),
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            endpoint_concurrency: defaults::ENDPOINT_CONCURRENCY,
+            secret_grace: parse_duration(defaults::SECRET_GRACE).expect("the default grace parses"),
+            poll_interval: parse_duration(defaults::POLL_INTERVAL).expect("the default interval parses"),
             session_key: None,
         }
     }
@@ -123,6 +135,17 @@ pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_read_and_hold() {
+        let config = ServeConfig::new("tidings.db");
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(config.retry_schedule, [30, 300, 3000].map(Duration::from_secs));
+        assert_eq!(config.attempt_timeout, Duration::from_secs(15));
+        assert_eq!(config.secret_grace, Duration::from_secs(24 * 60 * 60));
+        assert_eq!(config.poll_interval, Duration::from_secs(1));
+        assert_eq!(config.validate(), Ok(()));
+    }
 
     #[test]
     fn durations_read_like_people_write_them() {

@@ -152,6 +152,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.n > 0 && args.concurrency > 0 && args.endpoints > 0 && args.rate > 0,
         "counts must be positive"
     );
+    // The open-loop runs keep one entry per update sent; bound them so a typo cannot exhaust memory.
+    anyhow::ensure!(
+        args.rate as f64 * args.latency_duration.as_secs_f64() <= 1_000_000.0,
+        "--rate × --latency-duration must be at most 1,000,000 updates"
+    );
     let dir = tempfile::tempdir()?;
     let database = args.database.clone().unwrap_or_else(|| dir.path().join("bench.db").to_string_lossy().into_owned());
     let store = if crate::store::is_postgres(&database) { "postgres" } else { "sqlite" };
@@ -169,7 +174,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let receiver_url = spawn_receiver(sink.clone())?;
 
     let server = start_server(&database).await?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).tcp_nodelay(true).build()?;
+    // No request may outlast a phase, so every phase ends within its timeout even if the server stops answering.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .tcp_nodelay(true)
+        .timeout(args.phase_timeout)
+        .build()?;
 
     progress("ceiling: a plain client posting straight to the receiver");
     let started = Instant::now();
@@ -275,12 +285,15 @@ async fn start_server(database: &str) -> anyhow::Result<Server> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let server = Server { child, base: format!("http://{address}") };
-    let client = reqwest::Client::new();
+    let mut server = Server { child, base: format!("http://{address}") };
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if client.get(format!("{}/readyz", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
             return Ok(server);
+        }
+        if let Some(status) = server.child.try_wait()? {
+            anyhow::bail!("the server exited before it was ready ({status})");
         }
         anyhow::ensure!(Instant::now() < deadline, "the server did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::config::{ServeConfig, parse_duration, parse_schedule};
+use crate::config::{ServeConfig, defaults, parse_duration, parse_schedule};
 
 mod bench;
 mod listen;
@@ -52,7 +52,7 @@ enum OrgCommand {
 
 #[derive(Args)]
 struct DatabaseArg {
-    /// SQLite file path (or sqlite: URL).
+    /// SQLite file path (or `sqlite:` URL), or a `postgres://` URL.
     #[arg(long, env = "TIDINGS_DATABASE", default_value = "tidings.db")]
     database: String,
 }
@@ -60,39 +60,39 @@ struct DatabaseArg {
 #[derive(Args)]
 struct ServeArgs {
     /// Address the HTTP API listens on.
-    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = defaults::LISTEN)]
     listen: SocketAddr,
     #[command(flatten)]
     database: DatabaseArg,
     /// Delays before retry 1, 2, 3…; the count is the number of retries after the first attempt.
-    #[arg(long, env = "TIDINGS_RETRY_SCHEDULE", default_value = "30s,5m,50m", value_parser = parse_schedule)]
+    #[arg(long, env = "TIDINGS_RETRY_SCHEDULE", default_value = defaults::RETRY_SCHEDULE, value_parser = parse_schedule)]
     retry_schedule: std::vec::Vec<Duration>,
     /// Each retry delay is scaled by a random factor in 1 ± this.
-    #[arg(long, env = "TIDINGS_RETRY_JITTER", default_value_t = 0.2)]
+    #[arg(long, env = "TIDINGS_RETRY_JITTER", default_value_t = defaults::RETRY_JITTER)]
     retry_jitter: f64,
     /// Longest one delivery attempt may take.
-    #[arg(long, env = "TIDINGS_ATTEMPT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "TIDINGS_ATTEMPT_TIMEOUT", default_value = defaults::ATTEMPT_TIMEOUT, value_parser = parse_duration)]
     attempt_timeout: Duration,
     /// Allow endpoints on loopback, private and link-local addresses.
     #[arg(long, env = "TIDINGS_ALLOW_PRIVATE_TARGETS")]
     allow_private_targets: bool,
     /// Largest API request body, in bytes.
-    #[arg(long, env = "TIDINGS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "TIDINGS_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Serve the API only; deliveries are left to `tidings worker` processes.
     #[arg(long, env = "TIDINGS_NO_WORKERS")]
     no_workers: bool,
     /// Attempts in flight at once in this process.
-    #[arg(long, env = "TIDINGS_MAX_IN_FLIGHT", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT)]
+    #[arg(long, env = "TIDINGS_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT)]
     max_in_flight: usize,
     /// Attempts in flight at once to one endpoint.
-    #[arg(long, env = "TIDINGS_ENDPOINT_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "TIDINGS_ENDPOINT_CONCURRENCY", default_value_t = defaults::ENDPOINT_CONCURRENCY)]
     endpoint_concurrency: usize,
     /// How long a rotated-out signing secret keeps signing.
-    #[arg(long, env = "TIDINGS_SECRET_GRACE", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "TIDINGS_SECRET_GRACE", default_value = defaults::SECRET_GRACE, value_parser = parse_duration)]
     secret_grace: Duration,
     /// How often workers look for due retries when nothing woke them.
-    #[arg(long, env = "TIDINGS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "TIDINGS_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = parse_duration)]
     poll_interval: Duration,
     /// Secret (32+ characters) that signs Developer Settings sessions; the same on every API process.
     #[arg(long, env = "TIDINGS_SESSION_KEY", hide_env_values = true)]

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use url::{Host, Url};
+use url::Url;
 
-use crate::domain::endpoint::is_private_target;
+use crate::domain::endpoint::{is_private_target, literal_ip};
 use crate::domain::signing::{SigningKey, signature_header};
 use crate::domain::time::now_ms;
 use crate::store::{AttemptRecord, Claim};
@@ -45,6 +45,8 @@ pub enum Failure {
     Url,
     /// Anything else that broke the exchange midway.
     Request,
+    /// The endpoint's stored secret cannot sign (a damaged store): nothing was sent.
+    Signing,
 }
 
 impl Failure {
@@ -57,6 +59,7 @@ impl Failure {
             Self::Status => "status",
             Self::Url => "url",
             Self::Request => "request",
+            Self::Signing => "signing",
         }
     }
 }
@@ -139,16 +142,15 @@ impl Sender {
     async fn exchange(&self, claim: &Claim) -> Result<(u16, String), Failure> {
         let url = Url::parse(&claim.url).map_err(|_| Failure::Url)?;
         // Literal addresses never reach the resolver, so the policy is applied to them here.
-        let literal = match url.host() {
-            Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
-        if !self.allow_private && literal.is_some_and(is_private_target) {
+        if !self.allow_private && literal_ip(&url).is_some_and(is_private_target) {
             return Err(Failure::Blocked);
         }
         let timestamp = chrono::Utc::now().timestamp();
         let keys: Vec<SigningKey> = claim.secrets.iter().filter_map(SigningKey::from_secret).collect();
+        // Only a damaged store holds a secret that does not decode; an unsigned webhook is never sent.
+        if keys.is_empty() {
+            return Err(Failure::Signing);
+        }
         let mut headers = HeaderMap::with_capacity(4);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let id = HeaderValue::from_str(&claim.event_id).map_err(|_| Failure::Request)?;
@@ -190,5 +192,36 @@ fn classify(error: &reqwest::Error) -> Failure {
         Failure::Connect
     } else {
         Failure::Request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::store::Trigger;
+
+    /// A secret that does not decode (only a damaged store has one) fails the attempt before anything is sent.
+    #[tokio::test]
+    async fn an_undecodable_secret_sends_nothing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let claim = Claim {
+            delivery_id: "dlv_1".into(),
+            lease_token: "lease_1".into(),
+            lease_until: 0,
+            event_id: "evt_1".into(),
+            endpoint_id: "ep_1".into(),
+            url: format!("http://{}/hook", listener.local_addr().unwrap()),
+            payload: Bytes::from_static(b"{}"),
+            secrets: vec![SecretString::from("whsec_not base64!".to_owned())],
+            scheduled_count: 0,
+            trigger: Trigger::Scheduled,
+        };
+        let sender = Sender::new(Duration::from_secs(2), true, 1).unwrap();
+        let attempt = sender.send(&claim).await;
+        assert_eq!(attempt.error.as_deref(), Some("signing"));
+        assert_eq!(attempt.status_code, None);
     }
 }

@@ -21,6 +21,13 @@ pub fn hash(key: &SecretString) -> String {
     hex::encode(Sha256::digest(key.expose_secret().as_bytes()))
 }
 
+/// The stored form of what a caller presented as a key, or `None` when it cannot be one (no `tdk_` prefix), so
+/// such text is never looked up.
+pub fn hash_of_presented(text: &str) -> Option<String> {
+    let key = text.trim();
+    key.starts_with(PREFIX).then(|| hash(&SecretString::from(key.to_owned())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +39,7 @@ mod tests {
         assert_eq!(hash(&key), hash(&SecretString::from(key.expose_secret().to_owned())));
         assert_eq!(hash(&key).len(), 64);
         assert_ne!(hash(&key), hash(&generate()));
+        assert_eq!(hash_of_presented(&format!(" {} ", key.expose_secret())), Some(hash(&key)));
+        assert_eq!(hash_of_presented("not-a-key"), None);
     }
 }

@@ -25,7 +25,7 @@ impl EndpointUrl {
     pub fn parse(text: &str, allow_private: bool) -> Result<Self, Invalid> {
         let invalid = |message: &str| Invalid::new("url", message);
         if text.len() > MAX_URL_BYTES {
-            return Err(invalid("must be at most 2048 bytes"));
+            return Err(invalid(&format!("must be at most {MAX_URL_BYTES} bytes")));
         }
         let url = Url::parse(text).map_err(|e| invalid(&format!("is not an absolute URL ({e})")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -36,8 +36,7 @@ impl EndpointUrl {
         }
         let blocked = match url.host() {
             None => return Err(invalid("must have a host")),
-            Some(Host::Ipv4(ip)) => is_private_target(IpAddr::V4(ip)),
-            Some(Host::Ipv6(ip)) => is_private_target(IpAddr::V6(ip)),
+            Some(Host::Ipv4(_) | Host::Ipv6(_)) => literal_ip(&url).is_some_and(is_private_target),
             Some(Host::Domain(name)) => {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 name == "localhost" || name.ends_with(".localhost")
@@ -53,6 +52,15 @@ impl EndpointUrl {
 
     pub fn as_str(&self) -> &str {
         self.0.as_str()
+    }
+}
+
+/// The address a URL names literally (`http://10.0.0.1/`), which no resolver sees.
+pub fn literal_ip(url: &Url) -> Option<IpAddr> {
+    match url.host()? {
+        Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        Host::Domain(_) => None,
     }
 }
 

@@ -36,24 +36,24 @@ impl SigningKey {
         STANDARD.decode(encoded).ok().filter(|k| !k.is_empty()).map(Self)
     }
 
-    /// `v1,<base64 signature>` of one message.
-    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+    /// The MAC of the signed content `id.timestamp.body`, which signing and checking both start from.
+    fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
         mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        mac
+    }
+
+    /// `v1,<base64 signature>` of one message.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        format!("v1,{}", STANDARD.encode(self.mac(id, timestamp, body).finalize().into_bytes()))
     }
 
     /// Whether `header` (space-separated `v1,…` signatures) holds a valid signature of the message by this
     /// key. Compared in constant time.
     pub fn verify(&self, header: &str, id: &str, timestamp: i64, body: &[u8]) -> bool {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(format!("{id}.{timestamp}.").as_bytes());
-        mac.update(body);
+        let mac = self.mac(id, timestamp, body);
         header
             .split_whitespace()
             .filter_map(|sig| sig.strip_prefix("v1,"))

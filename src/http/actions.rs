@@ -22,6 +22,12 @@ pub enum TestEvent {
 }
 
 impl AppState {
+    /// The organization an API key belongs to, by the key's hash: the API and the settings pages both ask
+    /// through the cache of known keys.
+    pub async fn org_for_key_hash(&self, key_hash: &str) -> Result<Option<String>, StoreError> {
+        self.keys.org_for_key(self.store.as_ref(), key_hash).await
+    }
+
     /// The organization's endpoint with this id.
     pub async fn endpoint(&self, org: &str, id: &str) -> Result<Option<EndpointRecord>, StoreError> {
         if !ids::has_prefix(id, ids::ENDPOINT) {

@@ -6,7 +6,6 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
-use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -30,12 +29,8 @@ impl FromRequestParts<AppState> for Org {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::Unauthorized);
         }
-        let key = key.trim();
-        if !key.starts_with(apikey::PREFIX) {
-            return Err(ApiError::Unauthorized);
-        }
-        let hash = apikey::hash(&SecretString::from(key.to_owned()));
-        let org = state.keys.org_for_key(state.store.as_ref(), &hash).await?.ok_or(ApiError::Unauthorized)?;
+        let hash = apikey::hash_of_presented(key).ok_or(ApiError::Unauthorized)?;
+        let org = state.org_for_key_hash(&hash).await?.ok_or(ApiError::Unauthorized)?;
         Ok(Org(org))
     }
 }

@@ -4,7 +4,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Response};
-use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::form::Form;
@@ -33,7 +32,7 @@ pub async fn show_sign_in(
     let next = safe_next(query.next.as_deref());
     // Already signed in with a key that still works: nothing to do here.
     if let Some(user) = &session.user
-        && state.store.org_for_key(&user.key_hash).await?.as_ref() == Some(&user.org)
+        && user.is_current(&state).await?
     {
         return Ok(see_other(next));
     }
@@ -56,13 +55,15 @@ pub async fn sign_in(
         let page = sign_in_page(&session, next, Some("api_key is required".into()));
         return render(StatusCode::UNPROCESSABLE_ENTITY, &page);
     }
-    let key_hash = apikey::hash(&SecretString::from(key.to_owned()));
-    let org = if key.starts_with(apikey::PREFIX) { state.store.org_for_key(&key_hash).await? } else { None };
-    let Some(org) = org else {
+    let user = match apikey::hash_of_presented(key) {
+        Some(key_hash) => state.org_for_key_hash(&key_hash).await?.map(|org| SignedInAs { org, key_hash }),
+        None => None,
+    };
+    let Some(user) = user else {
         let message = format!("api_key is not a key of any organization; keys start with {}", apikey::PREFIX);
         return render(StatusCode::UNAUTHORIZED, &sign_in_page(&session, next, Some(message)));
     };
-    let signed_in = Session::signed_in(SignedInAs { org, key_hash }, now_ms());
+    let signed_in = Session::signed_in(user, now_ms());
     let mut response = see_other(next);
     response.headers_mut().insert(SET_COOKIE, issuer.cookie(&signed_in));
     Ok(response)

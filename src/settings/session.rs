@@ -52,6 +52,13 @@ pub struct SignedInAs {
     pub key_hash: String,
 }
 
+impl SignedInAs {
+    /// Whether the key signed in with still belongs to the organization (read the way the API reads keys).
+    pub async fn is_current(&self, state: &AppState) -> Result<bool, crate::store::StoreError> {
+        Ok(state.org_for_key_hash(&self.key_hash).await?.as_deref() == Some(self.org.as_str()))
+    }
+}
+
 /// One browser's session.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -294,10 +301,10 @@ impl FromRequestParts<AppState> for SignedIn {
         let Some(user) = &session.user else {
             return Err(SettingsError::SignInRequired { next });
         };
-        match state.store.org_for_key(&user.key_hash).await? {
-            Some(org) if org == user.org => Ok(Self { org, session }),
-            _ => Err(SettingsError::SignInRequired { next }),
+        if !user.is_current(state).await? {
+            return Err(SettingsError::SignInRequired { next });
         }
+        Ok(Self { org: user.org.clone(), session })
     }
 }
 
