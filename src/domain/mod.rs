@@ -25,4 +25,9 @@ impl Invalid {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
+
+    /// The sentence the caller reads, on the API and on the settings pages alike: `url must use http or https`.
+    pub fn caller_message(&self) -> String {
+        format!("{} {}", self.field, self.message)
+    }
 }

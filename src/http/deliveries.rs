@@ -10,7 +10,6 @@ use super::error::ApiError;
 use super::extract::{DeliveryQuery, List, Org, PathId};
 use super::openapi::{DeliveryFilters, IdErrors, ListErrors, PageParams};
 use super::views::{AttemptView, DeliveryList, DeliveryView, ListView};
-use crate::domain::Invalid;
 use crate::store::{DeliveryFilter, DeliveryStatus};
 
 /// List deliveries
@@ -35,17 +34,15 @@ pub async fn list_deliveries(
 ) -> Result<Json<DeliveryList>, ApiError> {
     let status = match params.status.as_deref() {
         None | Some("") => None,
-        Some(text) => Some(
-            DeliveryStatus::parse(text)
-                .ok_or_else(|| Invalid::new("status", "must be one of pending, succeeded, undeliverable"))?,
-        ),
+        Some(text) => Some(DeliveryStatus::parse_filter(text)?),
     };
+    let page_request = params.page()?;
     let filter = DeliveryFilter {
-        endpoint_id: params.endpoint_id.clone().filter(|s| !s.is_empty()),
-        event_id: params.event_id.clone().filter(|s| !s.is_empty()),
+        endpoint_id: params.endpoint_id.filter(|s| !s.is_empty()),
+        event_id: params.event_id.filter(|s| !s.is_empty()),
         status,
     };
-    let page = state.store.list_deliveries(&org, &filter, params.page()?).await?;
+    let page = state.store.list_deliveries(&org, &filter, page_request).await?;
     Ok(Json(ListView::from_page(&page)))
 }
 

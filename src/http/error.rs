@@ -87,7 +87,7 @@ impl ApiError {
         };
         let message = match self {
             Self::Internal(_) => "internal error".to_owned(),
-            Self::Invalid(invalid) => format!("{} {}", invalid.field, invalid.message),
+            Self::Invalid(invalid) => invalid.caller_message(),
             other => other.to_string(),
         };
         (status, ErrorEnvelope { error: ErrorBody { code, message, field } })

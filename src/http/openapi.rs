@@ -387,7 +387,7 @@ impl ToSchema for EventType {}
 
 impl PartialSchema for DeliveryStatus {
     fn schema() -> RefOr<Schema> {
-        let all = [DeliveryStatus::Pending, DeliveryStatus::Succeeded, DeliveryStatus::Undeliverable];
+        let all = DeliveryStatus::ALL;
         string()
             .enum_values(Some(all.map(DeliveryStatus::as_str)))
             .description(Some(

@@ -6,15 +6,12 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures_util::future::try_join_all;
 use serde::Deserialize;
 
 use super::form::{Form, encode};
 use super::session::SignedIn;
 use super::views::{AttemptRow, Choice, DeliveriesPage, DeliveryPage, DeliveryRow, Layout, Time};
-use super::webhooks::api_message;
 use super::{SettingsError, render, see_other};
-use crate::domain::Invalid;
 use crate::domain::time::now_ms;
 use crate::http::AppState;
 use crate::http::extract::MAX_LIMIT;
@@ -24,9 +21,6 @@ use crate::store::{AttemptRecord, DeliveryFilter, DeliveryStatus, EndpointRecord
 const PAGE_SIZE: u32 = 50;
 /// The longest response snippet shown per attempt (the store keeps the first 4 KiB).
 const SNIPPET_CHARS: usize = 1000;
-
-const STATUSES: [DeliveryStatus; 3] =
-    [DeliveryStatus::Pending, DeliveryStatus::Succeeded, DeliveryStatus::Undeliverable];
 
 #[derive(Deserialize, Default)]
 pub struct DeliveriesQuery {
@@ -62,30 +56,32 @@ pub async fn list_deliveries(
 ) -> Result<Response, SettingsError> {
     let endpoint_id = query.endpoint_id.filter(|s| !s.is_empty());
     let status_text = query.status.filter(|s| !s.is_empty());
-    let status = status_text.as_deref().map(DeliveryStatus::parse);
     // The API's message for the same mistake.
-    let filter_error = matches!(status, Some(None))
-        .then(|| api_message(&Invalid::new("status", "must be one of pending, succeeded, undeliverable")));
+    let (status, filter_error) = match status_text.as_deref().map(DeliveryStatus::parse_filter) {
+        None => (None, None),
+        Some(Ok(status)) => (Some(status), None),
+        Some(Err(invalid)) => (None, Some(invalid.caller_message())),
+    };
     let before = query.cursor.as_deref().and_then(|c| c.parse::<i64>().ok()).filter(|c| *c > 0);
 
     let endpoints = endpoints_of(&state, &signed_in.org).await?;
     let (items, next_cursor) = if filter_error.is_some() {
         (Vec::new(), None)
     } else {
-        let filter = DeliveryFilter { endpoint_id: endpoint_id.clone(), event_id: None, status: status.flatten() };
+        let filter = DeliveryFilter { endpoint_id: endpoint_id.clone(), event_id: None, status };
         let page =
             state.store.list_deliveries(&signed_in.org, &filter, PageRequest { limit: PAGE_SIZE, before }).await?;
         (page.items, page.next_cursor)
     };
-    // Each row names its event's type: one lookup by primary key per row of the page, side by side.
-    let events = try_join_all(items.iter().map(|d| state.store.get_event(&signed_in.org, &d.event_id))).await?;
+    // Each row names its event's type: one query for the page.
+    let event_ids: Vec<String> = items.iter().map(|d| d.event_id.clone()).collect();
+    let event_types = state.store.event_types(&signed_in.org, &event_ids).await?;
     let labels: HashMap<&str, String> = endpoints.iter().map(|e| (e.id.as_str(), endpoint_label(e))).collect();
     let rows = items
         .iter()
-        .zip(events)
-        .map(|(d, event)| DeliveryRow {
+        .map(|d| DeliveryRow {
             id: d.id.clone(),
-            event_type: event.map(|e| e.event_type).unwrap_or_default(),
+            event_type: event_types.get(&d.event_id).cloned().unwrap_or_default(),
             endpoint_label: labels.get(d.endpoint_id.as_str()).cloned().unwrap_or_else(|| d.endpoint_id.clone()),
             status: d.status.as_str(),
             attempts: d.attempt_count,
@@ -108,11 +104,11 @@ pub async fn list_deliveries(
         .iter()
         .map(|e| Choice {
             value: e.id.clone(),
-            label: endpoint_label(e),
+            label: labels.get(e.id.as_str()).cloned().unwrap_or_default(),
             selected: endpoint_id.as_deref() == Some(e.id.as_str()),
         })
         .collect();
-    let statuses = STATUSES
+    let statuses = DeliveryStatus::ALL
         .iter()
         .map(|s| Choice {
             value: s.as_str().to_owned(),

@@ -28,11 +28,6 @@ use crate::store::{EndpointChanges, EndpointRecord, NewEndpoint, PageRequest};
 /// Endpoints per page of the list.
 const PAGE_SIZE: u32 = 50;
 
-/// The message the API answers for `invalid` (`error.message` of its 422), shown next to the field.
-pub fn api_message(invalid: &Invalid) -> String {
-    format!("{} {}", invalid.field, invalid.message)
-}
-
 /// What the last form did, named in the redirect so a reload shows the same page without sending it again.
 fn notice(done: Option<&str>) -> Option<&'static str> {
     Some(match done? {
@@ -93,15 +88,15 @@ impl WebhookInput {
         let mut errors = FieldErrors::default();
         let url = if self.url.is_empty() {
             // The API's message for a missing url.
-            errors.url = Some(api_message(&Invalid::new("url", "is required")));
+            errors.url = Some(Invalid::new("url", "is required").caller_message());
             None
         } else {
-            EndpointUrl::parse(&self.url, allow_private).map_err(|e| errors.url = Some(api_message(&e))).ok()
+            EndpointUrl::parse(&self.url, allow_private).map_err(|e| errors.url = Some(e.caller_message())).ok()
         };
         let description_ok =
-            validate_description(&self.description).map_err(|e| errors.description = Some(api_message(&e))).is_ok();
+            validate_description(&self.description).map_err(|e| errors.description = Some(e.caller_message())).is_ok();
         let event_types =
-            parse_event_types(&self.event_types).map_err(|e| errors.event_types = Some(api_message(&e))).ok();
+            parse_event_types(&self.event_types).map_err(|e| errors.event_types = Some(e.caller_message())).ok();
         match (url, description_ok, event_types) {
             (Some(url), true, Some(event_types)) => Ok(ValidWebhook {
                 url: url.as_str().to_owned(),

@@ -1,6 +1,7 @@
 //! The store: the only module that speaks SQL. One trait, [`Store`], with a SQLite implementation; every
 //! other module works with the records defined here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -142,6 +143,18 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// Every status, in the order lists show them.
+    pub const ALL: [Self; 3] = [Self::Pending, Self::Succeeded, Self::Undeliverable];
+
+    /// A `status` filter as the caller wrote it; an unknown one is refused in the words both the API and the
+    /// settings pages show.
+    pub fn parse_filter(text: &str) -> std::result::Result<Self, crate::domain::Invalid> {
+        Self::parse(text).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+            crate::domain::Invalid::new("status", format!("must be one of {}", names.join(", ")))
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -361,6 +374,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(EventRecord, Vec<DeliveryRecord>)>;
     async fn list_events(&self, org: &str, page: PageRequest) -> Result<Page<EventRecord>>;
     async fn get_event(&self, org: &str, id: &str) -> Result<Option<EventRecord>>;
+    /// The type of each of these events of `org`, by id, in one query that leaves the bodies unread: what a
+    /// page of deliveries shows of its events.
+    async fn event_types(&self, org: &str, event_ids: &[String]) -> Result<HashMap<String, String>>;
 
     async fn list_deliveries(
         &self,

@@ -570,6 +570,16 @@ impl Store for PostgresStore {
         Ok(row.map(EventRecord::from))
     }
 
+    async fn event_types(&self, org: &str, event_ids: &[String]) -> Result<HashMap<String, String>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, type FROM events WHERE org_id = $1 AND id = ANY($2)")
+                .bind(org)
+                .bind(event_ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     async fn list_deliveries(
         &self,
         org: &str,

@@ -3,6 +3,7 @@
 //! disk sync for many writes, and no hand-off between threads per statement. Reads run on a few reader
 //! connections beside it, which WAL allows.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -605,6 +606,19 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ? AND id = ?");
             Ok(c.prepare_cached(&sql)?.query_row(params![org, id], event).optional()?)
+        })
+        .await
+    }
+
+    async fn event_types(&self, org: &str, event_ids: &[String]) -> Result<HashMap<String, String>> {
+        let org = org.to_owned();
+        let ids = serde_json::to_string(event_ids).unwrap_or_else(|_| "[]".into());
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT id, type FROM events WHERE org_id = ?1 AND id IN (SELECT value FROM json_each(?2))",
+            )?;
+            let rows = statement.query_map(params![org, ids], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
         })
         .await
     }

@@ -304,4 +304,19 @@ on_both_stores! {
         let due = f.store.claim_due(NOW, NOW + 1_000, 100, &[]).await.unwrap();
         assert_eq!(due.len(), 39, "each kept event has its delivery");
     }
+
+    /// A page's event types come in one lookup, only for the organization's own events.
+    async fn event_types_are_read_for_a_page_of_the_organizations_events() {
+        let f = fixture().await;
+        let (update, _) = f.store.create_event(&f.org, EVENT_TYPE, "{}", Fanout::Subscribed).await.unwrap();
+        let (call, _) = f.store.create_event(&f.org, "call_completed", "{}", Fanout::Subscribed).await.unwrap();
+        let other = f.store.create_org("Other", &format!("hash-{}", rand::random::<u64>())).await.unwrap();
+        let (theirs, _) = f.store.create_event(&other, EVENT_TYPE, "{}", Fanout::Subscribed).await.unwrap();
+        let ids = [update.id.clone(), call.id.clone(), theirs.id.clone(), "evt_missing".to_owned()];
+        let types = f.store.event_types(&f.org, &ids).await.unwrap();
+        assert_eq!(types.len(), 2, "{types:?}");
+        assert_eq!(types[&update.id], EVENT_TYPE);
+        assert_eq!(types[&call.id], "call_completed");
+        assert!(f.store.event_types(&f.org, &[]).await.unwrap().is_empty());
+    }
 }
