@@ -36,6 +36,11 @@ impl AppState {
         self.store.get_endpoint(org, id).await
     }
 
+    /// Deletes the organization's endpoint with this id; `false` if there is none.
+    pub async fn delete_endpoint(&self, org: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(ids::has_prefix(id, ids::ENDPOINT) && self.store.delete_endpoint(org, id).await?)
+    }
+
     /// The organization's delivery with this id, with its attempts.
     pub async fn delivery(
         &self,

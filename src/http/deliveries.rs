@@ -36,7 +36,7 @@ pub async fn list_deliveries(
         None | Some("") => None,
         Some(text) => Some(DeliveryStatus::parse_filter(text)?),
     };
-    let page_request = params.page()?;
+    let page_request = params.page.page()?;
     let filter = DeliveryFilter {
         endpoint_id: params.endpoint_id.filter(|s| !s.is_empty()),
         event_id: params.event_id.filter(|s| !s.is_empty()),

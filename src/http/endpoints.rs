@@ -190,8 +190,7 @@ pub async fn delete_endpoint(
     Org(org): Org,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    find(&state, &org, &id).await?;
-    if !state.store.delete_endpoint(&org, &id).await? {
+    if !state.delete_endpoint(&org, &id).await? {
         return Err(ApiError::NotFound("endpoint"));
     }
     Ok(StatusCode::NO_CONTENT)

@@ -112,8 +112,8 @@ impl ListQuery for PageQuery {
 /// `GET /v1/deliveries`: a page, and filters that combine.
 #[derive(Debug, Deserialize, Default)]
 pub struct DeliveryQuery {
-    pub cursor: Option<String>,
-    pub limit: Option<String>,
+    #[serde(flatten)]
+    pub page: PageQuery,
     pub endpoint_id: Option<String>,
     pub event_id: Option<String>,
     pub status: Option<String>,
@@ -126,14 +126,24 @@ impl ListQuery for DeliveryQuery {
 impl PageQuery {
     /// The page asked for, checked.
     pub fn page(&self) -> Result<PageRequest, ApiError> {
-        page(self.limit.as_deref(), self.cursor.as_deref())
-    }
-}
-
-impl DeliveryQuery {
-    /// The page asked for, checked.
-    pub fn page(&self) -> Result<PageRequest, ApiError> {
-        page(self.limit.as_deref(), self.cursor.as_deref())
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_LIMIT,
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| Invalid::new("limit", format!("must be a whole number from 1 to {MAX_LIMIT}")))?,
+        };
+        let before = match self.cursor.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(
+                text.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Invalid::new("cursor", "is not a cursor this API gave out"))?,
+            ),
+        };
+        Ok(PageRequest { limit, before })
     }
 }
 
@@ -141,27 +151,6 @@ impl DeliveryQuery {
 pub const DEFAULT_LIMIT: u32 = 50;
 /// Largest page size.
 pub const MAX_LIMIT: u32 = 250;
-
-fn page(limit: Option<&str>, cursor: Option<&str>) -> Result<PageRequest, ApiError> {
-    let limit = match limit {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| Invalid::new("limit", format!("must be a whole number from 1 to {MAX_LIMIT}")))?,
-    };
-    let before = match cursor {
-        None | Some("") => None,
-        Some(text) => Some(
-            text.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| Invalid::new("cursor", "is not a cursor this API gave out"))?,
-        ),
-    };
-    Ok(PageRequest { limit, before })
-}
 
 /// A list's parameters from the query string. A parameter the list does not take, or a query string that
 /// cannot be read, answers 400.

@@ -780,7 +780,8 @@ mod tests {
         }
         let PageQuery { cursor, limit } = parse::<PageQuery>();
         assert!(cursor.is_some() && limit.is_some());
-        let DeliveryQuery { cursor, limit, endpoint_id, event_id, status } = parse::<DeliveryQuery>();
+        let DeliveryQuery { page: PageQuery { cursor, limit }, endpoint_id, event_id, status } =
+            parse::<DeliveryQuery>();
         for (name, value) in [
             ("cursor", cursor),
             ("limit", limit),

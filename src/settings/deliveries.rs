@@ -62,7 +62,7 @@ pub async fn list_deliveries(
         Some(Ok(status)) => (Some(status), None),
         Some(Err(invalid)) => (None, Some(invalid.caller_message())),
     };
-    let before = query.cursor.as_deref().and_then(|c| c.parse::<i64>().ok()).filter(|c| *c > 0);
+    let before = super::cursor(query.cursor.as_deref());
 
     let endpoints = endpoints_of(&state, &signed_in.org).await?;
     let (items, next_cursor) = if filter_error.is_some() {

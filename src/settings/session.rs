@@ -6,8 +6,9 @@
 //! and `Secure` when the request came over TLS (as told by a TLS-terminating proxy's `X-Forwarded-Proto` or
 //! `Forwarded` header, since `tidings serve` itself speaks plain HTTP).
 //!
-//! The signing key is made when the process starts and never leaves it: restarting the process signs everyone
-//! out, and several API processes behind one load balancer each accept only their own sessions.
+//! The signing key comes from `--session-key`, so every API process behind one load balancer accepts the same
+//! sessions and a restart keeps them. Without it, each process makes its own key at start: a restart signs
+//! everyone out, and each process accepts only its own sessions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -118,7 +118,7 @@ pub async fn list_webhooks(
     signed_in: SignedIn,
     Query(query): Query<WebhookQuery>,
 ) -> Result<Response, SettingsError> {
-    let before = query.cursor.as_deref().and_then(|c| c.parse::<i64>().ok()).filter(|c| *c > 0);
+    let before = super::cursor(query.cursor.as_deref());
     let page = state.store.list_endpoints(&signed_in.org, PageRequest { limit: PAGE_SIZE, before }).await?;
     let endpoint_ids: Vec<String> = page.items.iter().map(|e| e.id.clone()).collect();
     let mut lasts: HashMap<String, LastDelivery> = state
@@ -282,8 +282,7 @@ pub async fn delete_webhook(
     Path(id): Path<String>,
     _form: Form,
 ) -> Result<Response, SettingsError> {
-    find(&state, &signed_in.org, &id).await?;
-    if !state.store.delete_endpoint(&signed_in.org, &id).await? {
+    if !state.delete_endpoint(&signed_in.org, &id).await? {
         return Err(SettingsError::NotFound("webhook"));
     }
     Ok(see_other("/settings/webhooks?done=deleted"))
