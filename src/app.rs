@@ -41,7 +41,7 @@ pub async fn run(
     let workers = if config.workers {
         // Every attempt in flight may go to one host (endpoints often share one), and each connection it used
         // should stay open for the next: a smaller idle pool closes and reopens connections under load.
-        let sender = Sender::new(config.attempt_timeout, config.allow_private_targets, config.max_in_flight)?;
+        let sender = Sender::new(config.attempt_timeout, config.allow_private_targets, config.max_in_flight);
         let worker_config = WorkerConfig {
             max_in_flight: config.max_in_flight,
             endpoint_concurrency: config.endpoint_concurrency,

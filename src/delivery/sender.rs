@@ -2,12 +2,21 @@
 //! followed, a timeout per attempt, response bodies read up to 4 KiB, and private addresses refused on the
 //! address actually connected to (so a DNS name cannot be used to reach the operator's network).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use url::Url;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT as USER_AGENT_HEADER};
+use hyper::{Method, Request, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::domain::endpoint::{is_private_target, literal_ip};
 use crate::domain::signing::{SigningKey, signature_header};
@@ -20,10 +29,17 @@ pub const RESPONSE_BODY_LIMIT: usize = 4096;
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("tidings/", env!("CARGO_PKG_VERSION"));
 
+/// The connector: TCP through the policy resolver, TLS for `https` URLs (Mozilla's roots).
+type Connector = HttpsConnector<HttpConnector<PolicyResolver>>;
+
 /// Sends attempts. Cloning shares the connection pool.
+///
+/// Built on hyper's pooled client directly: a delivery is one request whose URL was checked at registration,
+/// sent with no redirects, no proxy and no retries, so a general-purpose client's layers for those would only
+/// cost time on every attempt.
 #[derive(Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
     timeout: Duration,
     allow_private: bool,
 }
@@ -72,48 +88,61 @@ struct BlockedAddress(IpAddr);
 #[error("could not resolve host: {0}")]
 struct DnsFailure(String);
 
-/// Resolves with the system resolver, then drops addresses the policy forbids.
+type ResolveError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Resolves with the system resolver, then drops addresses the policy forbids. (Literal addresses never reach
+/// a resolver, so [`Sender::exchange`] applies the policy to them.)
+#[derive(Clone)]
 struct PolicyResolver {
     allow_private: bool,
 }
 
-impl Resolve for PolicyResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+impl tower_service::Service<Name> for PolicyResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolveError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ResolveError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ResolveError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let allow_private = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await
-                .map_err(|e| Box::new(DnsFailure(e.to_string())) as Box<dyn std::error::Error + Send + Sync>)?
+                .map_err(|e| Box::new(DnsFailure(e.to_string())) as ResolveError)?
                 .collect();
             let Some(first) = found.first().copied() else {
-                return Err(Box::new(DnsFailure(host)) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(DnsFailure(host)) as ResolveError);
             };
             let allowed: Vec<SocketAddr> =
                 found.into_iter().filter(|a| allow_private || !is_private_target(a.ip())).collect();
             if allowed.is_empty() {
-                return Err(Box::new(BlockedAddress(first.ip())) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(BlockedAddress(first.ip())) as ResolveError);
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            Ok(allowed.into_iter())
         })
     }
 }
 
 impl Sender {
     /// Builds the process's one client.
-    pub fn new(timeout: Duration, allow_private: bool, pool_per_host: usize) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy from the environment would connect on our behalf, past the address check below.
-            .no_proxy()
-            .dns_resolver(std::sync::Arc::new(PolicyResolver { allow_private }))
+    pub fn new(timeout: Duration, allow_private: bool, pool_per_host: usize) -> Self {
+        let mut http = HttpConnector::new_with_resolver(PolicyResolver { allow_private });
+        // The TLS layer takes `https` URLs; plain ones pass through.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        let connector =
+            HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(pool_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .connect_timeout(timeout)
-            .build()?;
-        Ok(Self { client, timeout, allow_private })
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self { client, timeout, allow_private }
     }
 
     /// Makes one attempt of a claimed delivery and describes it for the log. Never fails: every way an
@@ -121,7 +150,9 @@ impl Sender {
     pub async fn send(&self, claim: &Claim) -> AttemptRecord {
         let started_at = now_ms();
         let clock = Instant::now();
-        let (status_code, failure, response_body) = match self.exchange(claim).await {
+        // One deadline for the whole exchange: connecting, sending, and reading the answer.
+        let outcome = tokio::time::timeout(self.timeout, self.exchange(claim)).await.unwrap_or(Err(Failure::Timeout));
+        let (status_code, failure, response_body) = match outcome {
             Ok((status, body)) => {
                 let failure = (!(200..300).contains(&status)).then_some(Failure::Status);
                 (Some(i64::from(status)), failure, body)
@@ -140,9 +171,16 @@ impl Sender {
     }
 
     async fn exchange(&self, claim: &Claim) -> Result<(u16, String), Failure> {
-        let url = Url::parse(&claim.url).map_err(|_| Failure::Url)?;
+        // The stored URL was parsed and normalized at registration; this only splits it. A fragment is never
+        // sent over HTTP.
+        let target = claim.url.split_once('#').map_or(claim.url.as_str(), |(before, _)| before);
+        let uri: Uri = target.parse().map_err(|_| Failure::Url)?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(Failure::Url);
+        }
         // Literal addresses never reach the resolver, so the policy is applied to them here.
-        if !self.allow_private && literal_ip(&url).is_some_and(is_private_target) {
+        let host = uri.host().ok_or(Failure::Url)?;
+        if !self.allow_private && literal_ip(host).is_some_and(is_private_target) {
             return Err(Failure::Blocked);
         }
         let timestamp = chrono::Utc::now().timestamp();
@@ -151,31 +189,38 @@ impl Sender {
         if keys.is_empty() {
             return Err(Failure::Signing);
         }
-        let mut headers = HeaderMap::with_capacity(4);
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let id = HeaderValue::from_str(&claim.event_id).map_err(|_| Failure::Request)?;
-        headers.insert("webhook-id", id);
-        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
         let signature = signature_header(&keys, &claim.event_id, timestamp, &claim.payload);
-        headers.insert("webhook-signature", HeaderValue::from_str(&signature).map_err(|_| Failure::Request)?);
-        let request = self.client.post(url).headers(headers).body(claim.payload.clone()).timeout(self.timeout);
-        let mut response = request.send().await.map_err(|e| classify(&e))?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT))
+            .header("webhook-id", claim.event_id.as_str())
+            .header("webhook-timestamp", timestamp)
+            .header("webhook-signature", signature)
+            .body(Full::new(claim.payload.clone()))
+            .map_err(|_| Failure::Request)?;
+        let response = self.client.request(request).await.map_err(|e| classify(&e))?;
         let status = response.status().as_u16();
-        let mut body = Vec::new();
-        while body.len() < RESPONSE_BODY_LIMIT {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BODY_LIMIT - body.len())]),
-                Ok(None) => break,
+        let mut body = response.into_body();
+        let mut kept = Vec::new();
+        while kept.len() < RESPONSE_BODY_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BODY_LIMIT - kept.len())]);
+                    }
+                }
                 // The status already answered the question; a broken body only shortens the log.
-                Err(_) => break,
+                Some(Err(_)) | None => break,
             }
         }
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok((status, String::from_utf8_lossy(&kept).into_owned()))
     }
 }
 
 /// Names a transport error by walking its causes.
-fn classify(error: &reqwest::Error) -> Failure {
+fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if cause.is::<BlockedAddress>() {
@@ -184,15 +229,12 @@ fn classify(error: &reqwest::Error) -> Failure {
         if cause.is::<DnsFailure>() {
             return Failure::Dns;
         }
+        if cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+            return Failure::Timeout;
+        }
         source = cause.source();
     }
-    if error.is_timeout() {
-        Failure::Timeout
-    } else if error.is_connect() {
-        Failure::Connect
-    } else {
-        Failure::Request
-    }
+    if error.is_connect() { Failure::Connect } else { Failure::Request }
 }
 
 #[cfg(test)]
@@ -203,25 +245,66 @@ mod tests {
     use super::*;
     use crate::store::Trigger;
 
-    /// A secret that does not decode (only a damaged store has one) fails the attempt before anything is sent.
-    #[tokio::test]
-    async fn an_undecodable_secret_sends_nothing() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let claim = Claim {
+    fn claim(url: String, secret: &str) -> Claim {
+        Claim {
             delivery_id: "dlv_1".into(),
             lease_token: "lease_1".into(),
             lease_until: 0,
             event_id: "evt_1".into(),
             endpoint_id: "ep_1".into(),
-            url: format!("http://{}/hook", listener.local_addr().unwrap()),
+            url,
             payload: Bytes::from_static(b"{}"),
-            secrets: vec![SecretString::from("whsec_not base64!".to_owned())],
+            secrets: vec![SecretString::from(secret.to_owned())],
             scheduled_count: 0,
             trigger: Trigger::Scheduled,
-        };
-        let sender = Sender::new(Duration::from_secs(2), true, 1).unwrap();
+        }
+    }
+
+    /// A secret that does not decode (only a damaged store has one) fails the attempt before anything is sent.
+    #[tokio::test]
+    async fn an_undecodable_secret_sends_nothing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let claim = claim(format!("http://{}/hook", listener.local_addr().unwrap()), "whsec_not base64!");
+        let sender = Sender::new(Duration::from_secs(2), true, 1);
         let attempt = sender.send(&claim).await;
         assert_eq!(attempt.error.as_deref(), Some("signing"));
         assert_eq!(attempt.status_code, None);
+    }
+
+    /// A stored URL naming a private address literally (registered while private targets were allowed) is
+    /// refused at send time once they are not: no resolver sees a literal address, so the sender checks it.
+    #[tokio::test]
+    async fn literal_private_addresses_are_refused_when_not_allowed() {
+        let sender = Sender::new(Duration::from_secs(2), false, 1);
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        for url in
+            ["http://127.0.0.1:9/hook", "http://[::1]:9/hook", "https://10.1.2.3/x", "http://[::ffff:192.168.0.1]/"]
+        {
+            let attempt = sender.send(&claim(url.into(), secret)).await;
+            assert_eq!(attempt.error.as_deref(), Some("blocked"), "{url}");
+        }
+    }
+
+    /// The fragment of a stored URL is not part of the request, and the answer is read and logged.
+    #[tokio::test]
+    async fn a_fragment_is_not_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (seen, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(uri.to_string());
+                "thanks"
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let sender = Sender::new(Duration::from_secs(2), true, 1);
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let attempt = sender.send(&claim(format!("http://{address}/hook?a=1#part"), secret)).await;
+        assert_eq!(attempt.error, None);
+        assert_eq!(attempt.status_code, Some(200));
+        assert_eq!(attempt.response_body, "thanks");
+        assert_eq!(told.recv().await.as_deref(), Some("/hook?a=1"));
     }
 }

@@ -36,7 +36,7 @@ impl EndpointUrl {
         }
         let blocked = match url.host() {
             None => return Err(invalid("must have a host")),
-            Some(Host::Ipv4(_) | Host::Ipv6(_)) => literal_ip(&url).is_some_and(is_private_target),
+            Some(Host::Ipv4(_) | Host::Ipv6(_)) => url.host_str().and_then(literal_ip).is_some_and(is_private_target),
             Some(Host::Domain(name)) => {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 name == "localhost" || name.ends_with(".localhost")
@@ -55,12 +55,12 @@ impl EndpointUrl {
     }
 }
 
-/// The address a URL names literally (`http://10.0.0.1/`), which no resolver sees.
-pub fn literal_ip(url: &Url) -> Option<IpAddr> {
-    match url.host()? {
-        Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
-        Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
-        Host::Domain(_) => None,
+/// The address a URL's host names literally (`10.0.0.1`, `[::1]`), which no resolver sees; `None` for a
+/// domain name. Takes the host as a normalized URL writes it, so registration and the sender share it.
+pub fn literal_ip(host: &str) -> Option<IpAddr> {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
     }
 }
 
@@ -141,6 +141,16 @@ mod tests {
         assert!(EndpointUrl::parse("https://user:pw@example.com/", false).is_err());
         let long = format!("https://example.com/{}", "a".repeat(2100));
         assert!(EndpointUrl::parse(&long, false).is_err());
+    }
+
+    #[test]
+    fn literal_addresses_are_read_from_the_host() {
+        assert_eq!(literal_ip("10.0.0.1"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(literal_ip("[::1]"), Some("::1".parse().unwrap()));
+        assert_eq!(literal_ip("example.com"), None);
+        assert_eq!(literal_ip("::1"), None, "a URL writes an IPv6 host in brackets");
+        let url = Url::parse("http://[::ffff:7f00:1]:8080/x").unwrap();
+        assert!(url.host_str().and_then(literal_ip).is_some_and(is_private_target));
     }
 
     #[test]
