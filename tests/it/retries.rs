@@ -41,11 +41,14 @@ on_both_stores! {
         let (event_id, delivery_id) = one_delivery(&app, &receiver.url(), "cand_retry").await;
 
         let got = receiver.wait_for(4).await;
+        // Each retry waits for its own (growing) delay. A stalled machine can only lengthen a gap, so the upper
+        // bound is loose: it tells the schedule apart from a poll interval or the production delays.
         let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+        assert_eq!(gaps.len(), schedule.len());
         for (gap, delay) in gaps.iter().zip(schedule) {
             assert!(*gap >= delay.mul_f64(0.9), "a retry came after {gap:?}, before its delay {delay:?}: {gaps:?}");
+            assert!(*gap < delay + Duration::from_secs(10), "a retry came {gap:?} after its delay {delay:?}");
         }
-        assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "gaps grow: {gaps:?}");
         for request in &got {
             assert_eq!(request.webhook_id(), event_id, "webhook-id is the same on every attempt");
             assert_eq!(request.body, got[0].body, "the body bytes are identical on every attempt");
@@ -82,7 +85,8 @@ on_both_stores! {
             c.retry_schedule = vec![ms(50)];
         })
         .await;
-        let receiver = Receiver::start(Reply::Slow(Duration::from_secs(5), 200)).await;
+        // The receiver would answer only after a minute: an attempt that ends sooner was cut by the timeout.
+        let receiver = Receiver::start(Reply::Slow(Duration::from_secs(60), 200)).await;
         let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_slow").await;
 
         let delivery = app.a.wait_delivery_status(&delivery_id, "undeliverable").await;
@@ -93,7 +97,7 @@ on_both_stores! {
             assert_eq!(attempt["error"], "timeout", "{attempt}");
             assert!(attempt["status_code"].is_null(), "{attempt}");
             let took = attempt["duration_ms"].as_u64().unwrap();
-            assert!((250..3000).contains(&took), "an attempt is cut at the timeout, took {took} ms");
+            assert!((300..60_000).contains(&took), "an attempt is cut at the timeout, took {took} ms");
         }
         assert_eq!(receiver.count(), 2);
     }
