@@ -216,7 +216,8 @@ impl Dispatcher {
         self.store.claim_due(now, now + self.lease(), limit as u32, exclude).await
     }
 
-    /// Starts a task per claim that fits the per-endpoint bound; gives the rest back at once.
+    /// Starts a task per claim that fits the per-endpoint bound. The rest wait in the handoff's queue for a
+    /// slot, or, when it is full (or there is none), are given back at once.
     async fn dispatch(
         &self,
         claims: Vec<Claim>,
@@ -230,6 +231,9 @@ impl Dispatcher {
             } else {
                 overflow.push(claim);
             }
+        }
+        if let Some(handoff) = &self.handoff {
+            overflow = handoff.requeue(overflow);
         }
         if !overflow.is_empty()
             && let Err(error) = self.store.release(&overflow).await

@@ -146,6 +146,23 @@ impl Handoff {
         taken
     }
 
+    /// Queues claims taken from the store that could not start yet (their endpoint had no free slot), so they
+    /// start as slots free instead of being given back and claimed again. Answers those there is no room for.
+    pub fn requeue(&self, mut claims: Vec<Claim>) -> Vec<Claim> {
+        if !self.open.load(Ordering::Relaxed) {
+            return claims;
+        }
+        let rest = {
+            let mut state = self.state();
+            let room = self.capacity.saturating_sub(state.queue.len() + state.reserved).min(claims.len());
+            let rest = claims.split_off(room);
+            state.queue.extend(claims);
+            rest
+        };
+        self.ring();
+        rest
+    }
+
     /// Stops handing off, and answers the claims still queued so they can be given back to the store.
     pub fn close(&self) -> Vec<Claim> {
         self.open.store(false, Ordering::Relaxed);
@@ -257,6 +274,31 @@ mod tests {
         assert_eq!(handoff.reserve(now_ms()).room(), 2, "one place holds a queued claim");
         assert_eq!(handoff.take(10, Duration::from_secs(1), |_| true).len(), 1);
         assert_eq!(handoff.reserve(now_ms()).room(), 3);
+    }
+
+    #[test]
+    fn claims_from_the_store_wait_in_the_queue_while_there_is_room() {
+        let handoff = Arc::new(Handoff::new(3, Duration::from_secs(60)));
+        let mut reservation = handoff.reserve(now_ms());
+        reservation.push(handed("ep_a"));
+        reservation.commit();
+        let claimed: Vec<Claim> = (0..3)
+            .map(|_| handoff.reserve(now_ms()))
+            .map(|mut r| {
+                r.push(handed("ep_b"));
+                r.claims.pop().unwrap()
+            })
+            .collect();
+        let ids: Vec<String> = claimed.iter().map(|c| c.delivery_id.clone()).collect();
+        let rest = handoff.requeue(claimed);
+        assert_eq!(rest.len(), 1, "room for two beside the one queued");
+        assert_eq!(rest[0].delivery_id, ids[2]);
+        let taken: Vec<String> =
+            handoff.take(10, Duration::from_secs(1), |_| true).into_iter().map(|c| c.delivery_id).collect();
+        assert_eq!(taken.len(), 3);
+        assert_eq!(taken[1..], ids[..2], "behind what was queued before");
+        handoff.close();
+        assert_eq!(handoff.requeue(rest).len(), 1, "a closed handoff takes nothing");
     }
 
     #[test]
