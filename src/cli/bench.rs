@@ -82,6 +82,10 @@ struct Report {
     fanout_endpoints: usize,
     fanout_deliveries_per_s: f64,
     fanout_vs_ceiling: f64,
+    /// The server's CPU time (user and system, all threads) per webhook of the throughput and fan-out runs: a
+    /// figure of cost that moves less with a shared machine's noise than rates do.
+    throughput_server_cpu_us_per_webhook: f64,
+    fanout_server_cpu_us_per_webhook: f64,
     latency_unloaded: Latency,
     latency_fixed: Latency,
     latency_half_throughput: Latency,
@@ -136,6 +140,22 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// CPU time used so far by every thread of the server, in seconds, from `/proc` (Linux only; 0 elsewhere).
+    /// `/proc` counts in clock ticks, 100 per second on Linux.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces, inside parentheses): utime is the 12th, stime the 13th.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Microseconds of server CPU per webhook since `before` (a [`Self::cpu_seconds`] reading).
+    fn cpu_us_per_webhook(&self, before: f64, webhooks: usize) -> f64 {
+        (self.cpu_seconds() - before) * 1e6 / webhooks.max(1) as f64
+    }
+
     /// Peak resident memory so far, from `/proc` (Linux only; 0 elsewhere).
     fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
@@ -200,7 +220,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let endpoint = api.endpoint(&receiver_url).await?;
     // A warm-up, not measured: connection pools, page caches and the WAL reach their working size.
     deliver(&api, &sink, "w", (args.n / 10).max(1), 1, args.concurrency, args.phase_timeout).await?;
+    let cpu = server.cpu_seconds();
     let (ingest, delivery) = deliver(&api, &sink, "t", args.n, 1, args.concurrency, args.phase_timeout).await?;
+    report.throughput_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, args.n);
     report.ingest_per_s = ingest;
     report.delivery_per_s = delivery;
     report.delivery_vs_ceiling = delivery / report.ceiling_per_s;
@@ -222,7 +244,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         api.endpoint(&receiver_url).await?;
     }
     let updates = (args.n / args.endpoints).max(1);
+    let cpu = server.cpu_seconds();
     let (_, fanout) = deliver(&api, &sink, "f", updates, args.endpoints, args.concurrency, args.phase_timeout).await?;
+    report.fanout_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, updates * args.endpoints);
     report.fanout_endpoints = args.endpoints;
     report.fanout_deliveries_per_s = fanout;
     report.fanout_vs_ceiling = fanout / report.ceiling_per_s;
@@ -508,12 +532,12 @@ fn print_report(r: &Report) {
     println!("tidings bench — store {}, {} webhooks per run, {} in flight", r.store, r.n, r.concurrency);
     println!("  ceiling     {:>9.0} posts/s      (plain client straight to the receiver)", r.ceiling_per_s);
     println!(
-        "  throughput  {:>9.0} webhooks/s   {:.2} × ceiling   (ingest {:.0} updates/s)",
-        r.delivery_per_s, r.delivery_vs_ceiling, r.ingest_per_s
+        "  throughput  {:>9.0} webhooks/s   {:.2} × ceiling   (ingest {:.0} updates/s; server CPU {:.0} µs per webhook)",
+        r.delivery_per_s, r.delivery_vs_ceiling, r.ingest_per_s, r.throughput_server_cpu_us_per_webhook
     );
     println!(
-        "  fan-out     {:>9.0} webhooks/s   {:.2} × ceiling   ({} endpoints)",
-        r.fanout_deliveries_per_s, r.fanout_vs_ceiling, r.fanout_endpoints
+        "  fan-out     {:>9.0} webhooks/s   {:.2} × ceiling   ({} endpoints; server CPU {:.0} µs per webhook)",
+        r.fanout_deliveries_per_s, r.fanout_vs_ceiling, r.fanout_endpoints, r.fanout_server_cpu_us_per_webhook
     );
     if r.history_deliveries > 0 {
         println!(
