@@ -150,8 +150,7 @@ impl Sender {
     pub async fn send(&self, claim: &Claim) -> AttemptRecord {
         let started_at = now_ms();
         let clock = Instant::now();
-        // One deadline for the whole exchange: connecting, sending, and reading the answer.
-        let outcome = tokio::time::timeout(self.timeout, self.exchange(claim)).await.unwrap_or(Err(Failure::Timeout));
+        let outcome = self.exchange(claim, tokio::time::Instant::now() + self.timeout).await;
         let (status_code, failure, response_body) = match outcome {
             Ok((status, body)) => {
                 let failure = (!(200..300).contains(&status)).then_some(Failure::Status);
@@ -170,7 +169,9 @@ impl Sender {
         }
     }
 
-    async fn exchange(&self, claim: &Claim) -> Result<(u16, String), Failure> {
+    /// Sends the attempt and reads the answer, all before `deadline`. An answer whose status came in time
+    /// counts even if its body did not finish: the body only goes to the log.
+    async fn exchange(&self, claim: &Claim, deadline: tokio::time::Instant) -> Result<(u16, String), Failure> {
         // The stored URL was parsed and normalized at registration; this only splits it. A fragment is never
         // sent over HTTP.
         let target = claim.url.split_once('#').map_or(claim.url.as_str(), |(before, _)| before);
@@ -200,18 +201,21 @@ impl Sender {
             .header("webhook-signature", signature)
             .body(Full::new(claim.payload.clone()))
             .map_err(|_| Failure::Request)?;
-        let response = self.client.request(request).await.map_err(|e| classify(&e))?;
+        let response = tokio::time::timeout_at(deadline, self.client.request(request))
+            .await
+            .map_err(|_| Failure::Timeout)?
+            .map_err(|e| classify(&e))?;
         let status = response.status().as_u16();
         let mut body = response.into_body();
         let mut kept = Vec::new();
         while kept.len() < RESPONSE_BODY_LIMIT {
-            match body.frame().await {
+            match tokio::time::timeout_at(deadline, body.frame()).await.unwrap_or(None) {
                 Some(Ok(frame)) => {
                     if let Some(chunk) = frame.data_ref() {
                         kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BODY_LIMIT - kept.len())]);
                     }
                 }
-                // The status already answered the question; a broken body only shortens the log.
+                // The status already answered the question; a broken or late body only shortens the log.
                 Some(Err(_)) | None => break,
             }
         }
@@ -283,6 +287,29 @@ mod tests {
             let attempt = sender.send(&claim(url.into(), secret)).await;
             assert_eq!(attempt.error.as_deref(), Some("blocked"), "{url}");
         }
+    }
+
+    /// A 2xx that came in time acknowledges even when its body stalls: the attempt keeps the status and logs
+    /// the part of the body that arrived.
+    #[tokio::test]
+    async fn a_status_in_time_counts_though_its_body_stalls() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
+            // Never sends the rest; holds the connection open past the attempt's deadline.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let sender = Sender::new(Duration::from_millis(300), true, 1);
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let attempt = sender.send(&claim(format!("http://{address}/hook"), secret)).await;
+        assert_eq!(attempt.error, None);
+        assert_eq!(attempt.status_code, Some(200));
+        assert_eq!(attempt.response_body, "partial");
     }
 
     /// The fragment of a stored URL is not part of the request, and the answer is read and logged.
