@@ -85,6 +85,11 @@ impl InFlight {
     }
 }
 
+/// The attempts in flight, even if a task panicked while holding them (the counts stay usable).
+fn lock(in_flight: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    in_flight.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The delivery side of a process.
 pub struct Dispatcher {
     store: Arc<dyn Store>,
@@ -116,7 +121,7 @@ impl Dispatcher {
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.in_flight)
     }
 
     /// Runs until `shutdown` is cancelled, then stops claiming, lets attempts in flight finish and records
@@ -153,7 +158,9 @@ impl Dispatcher {
             // Reap finished tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
             let (mut free, exclude) = self.capacity();
-            if free < CLAIM_MIN && free < self.config.max_in_flight {
+            // A small `--max-in-flight` still claims once a quarter of it is free.
+            let worth_a_query = CLAIM_MIN.min(self.config.max_in_flight / 4).max(1);
+            if free < worth_a_query && free < self.config.max_in_flight {
                 // Attempts are in flight and will free more slots soon: claim for several at once then.
                 free = 0;
             }
@@ -308,7 +315,7 @@ impl Starter {
 
     /// The queued claims there are slots for, their slots taken.
     fn take(&self) -> Vec<Claim> {
-        let mut in_flight = self.attempt.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_flight = lock(&self.attempt.in_flight);
         let free = self.max_in_flight.saturating_sub(in_flight.total);
         if free == 0 {
             return Vec::new();
@@ -343,7 +350,7 @@ impl Attempt {
 impl Attempt {
     async fn run(self, claim: Claim) {
         let attempt = self.sender.send(&claim).await;
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).answered(&claim.endpoint_id);
+        lock(&self.in_flight).answered(&claim.endpoint_id);
         Attempt::slot_freed(&self.wake, &self.handoff);
         let scheduled = claim.scheduled_count + u32::from(claim.trigger == Trigger::Scheduled);
         let next = self.retry.next(attempt.error.is_none(), scheduled, now_ms());
@@ -405,7 +412,7 @@ async fn record_loop(
             metrics.attempt_recorded(&result.attempt, result.next);
         }
         {
-            let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_flight = lock(&in_flight);
             in_flight.total = in_flight.total.saturating_sub(results.len());
         }
         // Slots are free and recorded retries change when work is next due: let the claim loop look again.

@@ -36,7 +36,8 @@ impl EndpointUrl {
         }
         let blocked = match url.host() {
             None => return Err(invalid("must have a host")),
-            Some(Host::Ipv4(_) | Host::Ipv6(_)) => url.host_str().and_then(literal_ip).is_some_and(is_private_target),
+            Some(Host::Ipv4(ip)) => is_private_target(IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => is_private_target(IpAddr::V6(ip)),
             Some(Host::Domain(name)) => {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 name == "localhost" || name.ends_with(".localhost")
@@ -56,7 +57,7 @@ impl EndpointUrl {
 }
 
 /// The address a URL's host names literally (`10.0.0.1`, `[::1]`), which no resolver sees; `None` for a
-/// domain name. Takes the host as a normalized URL writes it, so registration and the sender share it.
+/// domain name. Reads the host as a URL normalized at registration writes it (the sender has only the text).
 pub fn literal_ip(host: &str) -> Option<IpAddr> {
     match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),

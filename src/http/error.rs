@@ -103,6 +103,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(envelope)).into_response();
         // RFC 9110 requires `Allow` on a 405; the value came from a header, so it is one.
         if let Self::MethodNotAllowed { allow, .. } = &self
+            && !allow.is_empty()
             && let Ok(value) = HeaderValue::from_str(allow)
         {
             response.headers_mut().insert(ALLOW, value);

@@ -38,13 +38,11 @@ impl FromRequestParts<AppState> for Org {
 /// Whether a declared media type is JSON: `application/json` or any `application/…+json`, in any case, whatever
 /// its parameters (`; charset=utf-8`).
 pub fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    match essence.split_once('/') {
-        Some(("application", subtype)) => {
-            subtype == "json" || subtype.strip_suffix("+json").is_some_and(|prefix| !prefix.is_empty())
-        }
-        _ => false,
-    }
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else { return false };
+    let json_suffix = subtype.len() > "+json".len()
+        && subtype.get(subtype.len() - "+json".len()..).is_some_and(|tail| tail.eq_ignore_ascii_case("+json"));
+    kind.eq_ignore_ascii_case("application") && (subtype.eq_ignore_ascii_case("json") || json_suffix)
 }
 
 /// A JSON request body, parsed but not yet validated. Declared as anything but JSON it answers 415; over the

@@ -137,13 +137,13 @@ fn render(status: StatusCode, page: &impl askama::Template) -> Result<Response, 
     Ok((status, Html(page.render()?)).into_response())
 }
 
-/// A `303 See Other` to `location`: what every successful form answers, so a reload does not send it again.
 /// A list page's `?cursor=`: the `seq` a previous page gave out. Anything else shows the first page, as a
 /// page's links never carry a bad one.
 fn cursor(text: Option<&str>) -> Option<i64> {
     text.and_then(|c| c.parse::<i64>().ok()).filter(|c| *c > 0)
 }
 
+/// A `303 See Other` to `location`: what every successful form answers, so a reload does not send it again.
 fn see_other(location: impl Into<String>) -> Response {
     (StatusCode::SEE_OTHER, [(LOCATION, location.into())]).into_response()
 }

@@ -228,6 +228,9 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// Every trigger, in the order the API documents them.
+    pub const ALL: [Trigger; 2] = [Trigger::Scheduled, Trigger::Manual];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Scheduled => "scheduled",

@@ -169,6 +169,8 @@ async fn apply_updates(
     let (keys, data): (Vec<(String, String)>, Vec<String>) = written.into_iter().unzip();
     let (orgs, candidates): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
     if events.id.is_empty() {
+        // No deliveries in this batch: the places go back at once.
+        reservation.settle();
         if !orgs.is_empty() {
             sqlx::query(upsert).bind(orgs).bind(candidates).bind(data).bind(now).execute(&mut *tx).await?;
         }
@@ -274,6 +276,8 @@ async fn insert_deliveries(
             endpoint_id: row.endpoint_id,
         });
     }
+    // The places not filled go back now, not at the commit: an API write beside this one may use them.
+    reservation.settle();
     if left_for_queue {
         sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut **tx).await?;
     }
@@ -548,10 +552,9 @@ impl Store for PostgresStore {
         fanout: Fanout,
     ) -> Result<(EventRecord, Vec<DeliveryRecord>)> {
         let now = now_ms();
-        let mut reservation = Reservation::of(self.handoff.as_ref(), now_ms());
+        let mut reservation = Reservation::of(self.handoff.as_ref(), now);
         let mut tx = self.pool.begin().await?;
         let event = Self::insert_event(&mut tx, org, event_type, payload, &fanout, now, &mut reservation).await?;
-        reservation.settle();
         let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1 ORDER BY seq");
         let rows: Vec<DeliveryRow> = sqlx::query_as(&sql).bind(&event.id).fetch_all(&mut *tx).await?;
         tx.commit().await?;

@@ -244,7 +244,8 @@ impl SqliteStore {
         &self,
         mut f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.write_handing_off(move |c, _| f(c)).await
+        // It makes no deliveries, so it reserves nothing in the handoff.
+        self.submit(None, move |c, _| f(c)).await
     }
 
     /// Like [`Self::write`], for a write that makes deliveries: `f` may lease them to this process's workers
@@ -254,8 +255,17 @@ impl SqliteStore {
         &self,
         f: impl FnMut(&Connection, &mut Reservation) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.submit(self.handoff.clone(), f).await
+    }
+
+    /// Queues a write for the writer thread and waits for its answer.
+    async fn submit<T: Send + 'static>(
+        &self,
+        handoff: Option<Arc<Handoff>>,
+        f: impl FnMut(&Connection, &mut Reservation) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (answer, answered) = oneshot::channel();
-        let job = Write { f, handoff: self.handoff.clone(), outcome: None, answer };
+        let job = Write { f, handoff, outcome: None, answer };
         self.jobs.send(Box::new(job)).map_err(|_| StoreError::Closed)?;
         answered.await.map_err(|_| StoreError::Closed)?
     }

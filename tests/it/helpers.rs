@@ -286,7 +286,6 @@ impl Api {
         answer["event"].clone()
     }
 
-    /// `GET /v1/deliveries?{query}`: the `data` array (one page of up to 250).
     /// Rotates an endpoint's secret, expecting success; answers the new secret.
     pub async fn rotate_secret(&self, endpoint_id: &str) -> String {
         let (status, rotated) = self.post_empty(&format!("/v1/endpoints/{endpoint_id}/rotate-secret")).await;
@@ -294,6 +293,7 @@ impl Api {
         rotated["secret"].as_str().expect("rotate-secret answers {secret}").to_owned()
     }
 
+    /// `GET /v1/deliveries?{query}`: the `data` array (one page of up to 250).
     pub async fn deliveries(&self, query: &str) -> Vec<Value> {
         self.list(&format!("/v1/deliveries?limit=250&{query}")).await
     }
