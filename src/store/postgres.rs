@@ -4,13 +4,14 @@
 //! Interview updates and attempt results are written in batches, a few statements per batch.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -302,11 +303,23 @@ impl EventColumns {
 
 type Tx = Transaction<'static, Postgres>;
 
+/// How the store's connections are made. Every statement of the store is answered from an index, and each is
+/// prepared once per connection, where PostgreSQL keeps a generic plan made from the table's size at the time.
+/// A plan made while a table was nearly empty would scan it whole, and go on scanning it as it grows (nothing
+/// replans it until the table is analyzed, and nothing analyzes it when autovacuum is off). So sequential scans
+/// are turned off for these connections: the planner takes an index whenever one applies.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?.options([("enable_seqscan", "off")]))
+}
+
 impl PostgresStore {
     /// Connects and migrates. Migrations take an advisory lock, so processes starting together migrate once.
     pub async fn open(url: &str, handoff: Option<Arc<Handoff>>) -> Result<Self> {
-        let pool =
-            PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect_options(url)?)
+            .await?;
         MIGRATOR.run(&pool).await?;
         let (updates, jobs) = mpsc::channel(UPDATE_BATCH * 4);
         tokio::spawn(commit_updates(pool.clone(), jobs, handoff.clone()));

@@ -324,3 +324,37 @@ on_both_stores! {
         assert!(f.store.event_types(&f.org, &[]).await.unwrap().is_empty());
     }
 }
+
+/// A plan made for the store's connections while its tables are empty still reads them through their indexes,
+/// as it must once they hold millions of rows (a cached plan is not made again as a table grows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_plans_made_on_empty_tables_use_the_indexes() {
+    use sqlx::Connection;
+
+    if crate::db::postgres_server().is_none() {
+        crate::db::skip_notice("store::postgres_plans_made_on_empty_tables_use_the_indexes");
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await.expect("a database");
+    tidings::store::open(&db.url).await.expect("open and migrate the store");
+    let options = tidings::store::postgres::connect_options(&db.url).expect("connection options");
+    let mut connection = sqlx::PgConnection::connect_with(&options).await.expect("connect");
+    // The shapes of the store's batch statements: a batch of rows named by id, joined to a growing table.
+    // Without the store's options, PostgreSQL scans these (nearly empty) tables whole for a batch this big.
+    let ids: Vec<String> = (0..200).map(|i| format!("dlv_{i}")).collect();
+    let statements = [
+        ("deliveries", "SELECT d.status FROM unnest($1::text[]) AS r(id) JOIN deliveries d ON d.id = r.id"),
+        (
+            "interviews",
+            "SELECT i.data FROM interviews i WHERE (i.org_id, i.candidate_id) IN \
+             (SELECT * FROM unnest($1::text[], $1::text[]))",
+        ),
+    ];
+    for (table, statement) in statements {
+        let explain = format!("EXPLAIN (FORMAT TEXT) {statement}");
+        let plan: Vec<String> = sqlx::query_scalar(&explain).bind(&ids).fetch_all(&mut connection).await.unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains(&format!("Seq Scan on {table}")), "{table} is scanned whole:\n{plan}");
+        assert!(plan.contains("Index"), "{table} is not read through an index:\n{plan}");
+    }
+}
