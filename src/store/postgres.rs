@@ -228,14 +228,18 @@ async fn insert_deliveries(
         Fanout::Subscribed => ("e.enabled AND jsonb_exists(e.event_types::jsonb, $4)", event_type),
         Fanout::Endpoint(endpoint) => ("e.id = $4", endpoint.as_str()),
     };
-    // `targets` is read twice and calls random(), so it is computed once: the ids inserted are the ids answered.
+    // The endpoints are locked against deletion (not against edits) until the deliveries are committed, so a
+    // delete waits and then takes these deliveries with it. `targets` is read twice and calls random(), so it
+    // is computed once: the ids inserted are the ids answered.
     let sql = format!(
-        "WITH targets AS ( \
+        "WITH chosen AS ( \
+           SELECT e.* FROM endpoints e WHERE e.org_id = ANY($2) AND {filter} FOR KEY SHARE \
+         ), targets AS ( \
            SELECT 'dlv_' || lpad(to_hex($3::bigint), 12, '0') || substr(md5(random()::text), 1, 12) AS id, \
                   u.i AS event_id, e.org_id, e.id AS endpoint_id, e.url, e.secret, e.previous_secret, \
                   e.previous_secret_until, \
                   e.enabled AND row_number() OVER (ORDER BY NOT e.enabled) <= $5 AS leased \
-           FROM unnest($1::text[], $2::text[]) AS u(i, o) JOIN endpoints e ON e.org_id = u.o AND {filter} \
+           FROM unnest($1::text[], $2::text[]) AS u(i, o) JOIN chosen e ON e.org_id = u.o \
          ), inserted AS ( \
            INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, lease_until, \
                                    lease_token, created_at, updated_at) \
@@ -510,12 +514,30 @@ impl Store for PostgresStore {
     }
 
     async fn delete_endpoint(&self, org: &str, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // Waits for batches still making deliveries to this endpoint (they lock it), so those are seen below.
         let deleted = sqlx::query("DELETE FROM endpoints WHERE org_id = $1 AND id = $2")
             .bind(org)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(deleted.rows_affected() > 0)
+        if deleted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        // Attempts being recorded now finish first, so their rows are seen and deleted too.
+        sqlx::query("SELECT 1 FROM deliveries WHERE endpoint_id = $1 AND lease_token IS NOT NULL FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "WITH gone AS (DELETE FROM deliveries WHERE endpoint_id = $1 RETURNING id) \
+             DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn rotate_secret(

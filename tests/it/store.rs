@@ -161,18 +161,39 @@ on_both_stores! {
         assert_eq!(claims.iter().map(|c| c.endpoint_id.clone()).collect::<Vec<_>>(), vec![enabled]);
     }
 
-    /// Deleting an endpoint takes its deliveries with it; a late result for one is dropped without an error.
+    /// Deleting an endpoint takes its deliveries and their attempts with it, and only those; a late result for
+    /// one is dropped without an error.
     async fn deleting_an_endpoint_drops_its_queue() {
         let f = fixture().await;
         let endpoint = f.endpoint(true).await;
+        let kept = f.endpoint(true).await;
         f.events(3).await;
-        let claims = f.store.claim_due(NOW, NOW + 1_000, 1, &[]).await.unwrap();
+        let claims = f.store.claim_due(NOW, NOW + 1_000, 6, &[]).await.unwrap();
+        assert_eq!(claims.len(), 6);
+        let (doomed, others): (Vec<_>, Vec<_>) = claims.iter().partition(|c| c.endpoint_id == endpoint);
+        // One attempt logged for each before the delete, and a result for one of the doomed after it.
+        let failed: Vec<_> = claims.iter().map(|c| result(c, Next::RetryAt(NOW))).collect();
+        f.store.record_attempts(Arc::from(failed)).await.unwrap();
         assert!(f.store.delete_endpoint(&f.org, &endpoint).await.unwrap());
-        f.store.record_attempts(Arc::from([result(&claims[0], Next::Succeeded)])).await.unwrap();
-        assert!(f.store.claim_due(NOW + 5_000, NOW + 6_000, 10, &[]).await.unwrap().is_empty());
+        assert!(!f.store.delete_endpoint(&f.org, &endpoint).await.unwrap(), "already gone");
+        f.store.record_attempts(Arc::from([result(doomed[0], Next::Succeeded)])).await.unwrap();
+        assert!(f.store.get_delivery(&f.org, &doomed[0].delivery_id).await.unwrap().is_none());
+
+        let due = f.store.claim_due(NOW + 5_000, NOW + 6_000, 10, &[]).await.unwrap();
+        assert!(due.iter().all(|c| c.endpoint_id == kept), "{due:?}");
         let all = DeliveryFilter::default();
         let page = f.store.list_deliveries(&f.org, &all, PageRequest { limit: 10, before: None }).await.unwrap();
-        assert!(page.items.is_empty());
+        assert_eq!(page.items.len(), 3);
+        assert!(page.items.iter().all(|d| d.endpoint_id == kept));
+        let (_, attempts) = f.store.get_delivery(&f.org, &others[0].delivery_id).await.unwrap().unwrap();
+        assert_eq!(attempts.len(), 1, "the other endpoint's log is kept");
+        if Backend::current() == Backend::Postgres {
+            // Nothing checks references on PostgreSQL: the delete itself must leave no attempt behind.
+            use sqlx::Connection;
+            let mut connection = sqlx::PgConnection::connect(&f._db.url).await.unwrap();
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(&mut connection).await.unwrap();
+            assert_eq!(left, 3, "only the kept endpoint's attempts remain");
+        }
     }
 
     /// Lists are newest first and their cursors walk every row once.
