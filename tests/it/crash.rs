@@ -101,6 +101,17 @@ async fn sigkill_in_the_middle_of_deliveries_loses_no_event() {
         tokio::time::sleep(ms(10)).await;
     }
     server.kill();
+    // Requests the killed process had already written may still be on their way into the receiver: they
+    // were in flight at the kill, so the snapshot waits until nothing more arrives.
+    let mut seen = receiver.count();
+    for _ in 0..40 {
+        tokio::time::sleep(ms(50)).await;
+        let now = receiver.count();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
     let answered_at_kill = receiver.answered();
     let arrived_before_kill: HashSet<String> = receiver.received().iter().map(|r| r.webhook_id()).collect();
     let arrived_at_kill = receiver.count();
