@@ -65,6 +65,9 @@ struct Latency {
     p99_ms: f64,
     p999_ms: f64,
     max_ms: f64,
+    /// The server's CPU time per webhook of this run: at a fixed rate, what the service costs when it is not
+    /// pressed.
+    server_cpu_us_per_webhook: f64,
 }
 
 #[derive(Serialize, Default)]
@@ -254,15 +257,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let api = Api::new(&client, &server.base, &database, "bench-latency").await?;
     api.endpoint(&receiver_url).await?;
     sink.track.store(true, Ordering::Relaxed);
+    let costed = |latency: Latency, cpu: f64| Latency {
+        server_cpu_us_per_webhook: server.cpu_us_per_webhook(cpu, latency.count as usize),
+        ..latency
+    };
     progress("latency: one update at a time");
-    report.latency_unloaded = unloaded_latency(&api, &sink, 500, args.phase_timeout).await?;
+    let cpu = server.cpu_seconds();
+    report.latency_unloaded = costed(unloaded_latency(&api, &sink, 500, args.phase_timeout).await?, cpu);
     progress(&format!("latency: {} updates/s, open loop", args.rate));
-    report.latency_fixed =
-        open_loop_latency(&api, &sink, "r", args.rate, args.latency_duration, args.phase_timeout).await?;
+    let cpu = server.cpu_seconds();
+    let fixed = open_loop_latency(&api, &sink, "r", args.rate, args.latency_duration, args.phase_timeout).await?;
+    report.latency_fixed = costed(fixed, cpu);
     let half = ((delivery / 2.0) as u64).max(1);
     progress(&format!("latency: {half} updates/s (half the measured throughput), open loop"));
-    report.latency_half_throughput =
-        open_loop_latency(&api, &sink, "h", half, args.latency_duration, args.phase_timeout).await?;
+    let cpu = server.cpu_seconds();
+    let halved = open_loop_latency(&api, &sink, "h", half, args.latency_duration, args.phase_timeout).await?;
+    report.latency_half_throughput = costed(halved, cpu);
     report.server_peak_rss_mib = server.peak_rss_mib();
     drop(server);
 
@@ -525,6 +535,7 @@ fn latency(histogram: &Histogram<u64>, rate: f64) -> Latency {
         p99_ms: ms(histogram.value_at_quantile(0.99)),
         p999_ms: ms(histogram.value_at_quantile(0.999)),
         max_ms: ms(histogram.max()),
+        server_cpu_us_per_webhook: 0.0,
     }
 }
 
@@ -549,8 +560,9 @@ fn print_report(r: &Report) {
         [("unloaded", &r.latency_unloaded), ("fixed rate", &r.latency_fixed), ("half rate", &r.latency_half_throughput)]
     {
         println!(
-            "  latency {:<10} {:>6.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>7.2} ms  (n={})",
-            name, l.rate_per_s, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+            "  latency {:<10} {:>6.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>7.2} ms  (n={}; \
+             server CPU {:.0} µs per webhook)",
+            name, l.rate_per_s, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count, l.server_cpu_us_per_webhook
         );
     }
     println!("  server peak resident memory {:.1} MiB", r.server_peak_rss_mib);

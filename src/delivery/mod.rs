@@ -10,13 +10,14 @@
 pub mod sender;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::retry::RetryPolicy;
+use crate::domain::retry::{Next, RetryPolicy};
 use crate::domain::time::{Millis, now_ms};
 use crate::metrics::Metrics;
 use crate::store::{AttemptResult, Claim, Handoff, Store, Trigger};
@@ -95,9 +96,13 @@ pub struct Dispatcher {
     store: Arc<dyn Store>,
     sender: Sender,
     config: WorkerConfig,
-    /// Rung by ingest after a commit, by finished attempts, and by manual retries: the claim loop never
-    /// waits for a poll interval when there is work.
+    /// Rung when the store may hold due work this process has not claimed (another process's notice, a
+    /// manual retry, a retry recorded) and, while the last claim was short of slots, when one frees: the claim
+    /// loop never waits for a poll interval when there is work, and does not query when there is none.
     wake: Arc<Notify>,
+    /// Whether the last claim was cut short by the slots in flight (or skipped for want of them), so that a
+    /// freed slot is worth another query.
+    backlog: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     in_flight: Arc<Mutex<InFlight>>,
     /// Deliveries the store leased to this process as they were written, started by [`Starter`].
@@ -113,7 +118,8 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         handoff: Option<Arc<Handoff>>,
     ) -> Self {
-        Self { store, sender, config, wake, metrics, in_flight: Arc::default(), handoff }
+        let backlog = Arc::new(AtomicBool::new(true));
+        Self { store, sender, config, wake, backlog, metrics, in_flight: Arc::default(), handoff }
     }
 
     fn lease(&self) -> Millis {
@@ -128,14 +134,7 @@ impl Dispatcher {
     /// them.
     pub async fn run(self, shutdown: CancellationToken) {
         let (results, receiver) = mpsc::channel::<AttemptResult>(RECORD_BATCH * 4);
-        let recorder = tokio::spawn(record_loop(
-            self.store.clone(),
-            receiver,
-            self.metrics.clone(),
-            self.wake.clone(),
-            self.in_flight.clone(),
-            self.handoff.clone(),
-        ));
+        let recorder = tokio::spawn(record_loop(self.store.clone(), receiver, self.metrics.clone(), self.slots()));
         let watcher = {
             let (store, wake, stop) = (self.store.clone(), self.wake.clone(), shutdown.clone());
             tokio::spawn(async move { store.watch_for_work(wake, stop).await })
@@ -179,10 +178,19 @@ impl Dispatcher {
             if free > 0 && claimed == free.min(CLAIM_BATCH) {
                 continue; // there may be more due right now
             }
+            // Due work may be waiting for slots: the attempts in flight, or an endpoint's, were the limit.
+            self.backlog.store(free == 0 || !exclude.is_empty(), Ordering::Relaxed);
             let wait = self.idle_wait(free > 0).await;
+            let left_for_queue = async {
+                match &self.handoff {
+                    Some(handoff) => handoff.left_for_queue().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
+                _ = left_for_queue => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -256,8 +264,15 @@ impl Dispatcher {
             sender: self.sender.clone(),
             retry: self.config.retry.clone(),
             results: results.clone(),
+            slots: self.slots(),
+        }
+    }
+
+    fn slots(&self) -> Slots {
+        Slots {
             in_flight: self.in_flight.clone(),
             wake: self.wake.clone(),
+            backlog: self.backlog.clone(),
             handoff: self.handoff.clone(),
         }
     }
@@ -315,7 +330,7 @@ impl Starter {
 
     /// The queued claims there are slots for, their slots taken.
     fn take(&self) -> Vec<Claim> {
-        let mut in_flight = lock(&self.attempt.in_flight);
+        let mut in_flight = lock(&self.attempt.slots.in_flight);
         let free = self.max_in_flight.saturating_sub(in_flight.total);
         if free == 0 {
             return Vec::new();
@@ -331,17 +346,27 @@ struct Attempt {
     sender: Sender,
     retry: Arc<RetryPolicy>,
     results: mpsc::Sender<AttemptResult>,
+    slots: Slots,
+}
+
+/// The attempts in flight, and who is told when one's slot frees.
+#[derive(Clone)]
+struct Slots {
     in_flight: Arc<Mutex<InFlight>>,
+    /// The claim loop's, rung only while it is short of slots ([`Dispatcher::backlog`]).
     wake: Arc<Notify>,
-    /// Rung with `wake` when a slot frees, for handed-off claims waiting for one.
+    backlog: Arc<AtomicBool>,
+    /// Rung for handed-off claims waiting for a slot.
     handoff: Option<Arc<Handoff>>,
 }
 
-impl Attempt {
-    /// A slot may have freed: both the claim loop and the handoff may start more.
-    fn slot_freed(wake: &Notify, handoff: &Option<Arc<Handoff>>) {
-        wake.notify_one();
-        if let Some(handoff) = handoff {
+impl Slots {
+    /// A slot may have freed: the handoff may start more, and so may the claim loop if it was short of slots.
+    fn freed(&self) {
+        if self.backlog.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+        if let Some(handoff) = &self.handoff {
             handoff.ring();
         }
     }
@@ -350,8 +375,8 @@ impl Attempt {
 impl Attempt {
     async fn run(self, claim: Claim) {
         let attempt = self.sender.send(&claim).await;
-        lock(&self.in_flight).answered(&claim.endpoint_id);
-        Attempt::slot_freed(&self.wake, &self.handoff);
+        lock(&self.slots.in_flight).answered(&claim.endpoint_id);
+        self.slots.freed();
         let scheduled = claim.scheduled_count + u32::from(claim.trigger == Trigger::Scheduled);
         let next = self.retry.next(attempt.error.is_none(), scheduled, now_ms());
         if attempt.error.is_some() {
@@ -377,9 +402,7 @@ async fn record_loop(
     store: Arc<dyn Store>,
     mut receiver: mpsc::Receiver<AttemptResult>,
     metrics: Arc<Metrics>,
-    wake: Arc<Notify>,
-    in_flight: Arc<Mutex<InFlight>>,
-    handoff: Option<Arc<Handoff>>,
+    slots: Slots,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
@@ -412,10 +435,13 @@ async fn record_loop(
             metrics.attempt_recorded(&result.attempt, result.next);
         }
         {
-            let mut in_flight = lock(&in_flight);
+            let mut in_flight = lock(&slots.in_flight);
             in_flight.total = in_flight.total.saturating_sub(results.len());
         }
-        // Slots are free and recorded retries change when work is next due: let the claim loop look again.
-        Attempt::slot_freed(&wake, &handoff);
+        // A recorded retry changes when work is next due: the claim loop looks again.
+        if results.iter().any(|r| matches!(r.next, Next::RetryAt(_))) {
+            slots.wake.notify_one();
+        }
+        slots.freed();
     }
 }

@@ -34,7 +34,8 @@ pub mod views;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<ServeConfig>,
-    /// Rung after an event is committed so local workers claim it at once.
+    /// Rung after a manual retry so local workers claim it at once. (New deliveries reach them through the
+    /// store's handoff, which also tells them of any it had no room for.)
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
     /// Which organization recently seen API keys belong to.
@@ -45,7 +46,6 @@ impl AppState {
     /// Called after an event and its deliveries are committed.
     pub fn event_written(&self, event_type: &str) {
         self.metrics.event_created(event_type);
-        self.wake.notify_one();
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Handoff {
     open: AtomicBool,
     /// Rung when claims are queued and when a slot to start one may have freed.
     ready: Notify,
+    /// Rung when a committed write left deliveries for the store's queue, for want of room here.
+    left: Notify,
 }
 
 #[derive(Default)]
@@ -64,6 +66,8 @@ pub struct Reservation {
     pub until: Millis,
     /// The claims made so far, queued on [`Reservation::commit`].
     claims: Vec<Claim>,
+    /// Whether the transaction also wrote deliveries it did not lease, for the store's queue.
+    left: bool,
 }
 
 impl Handoff {
@@ -74,6 +78,7 @@ impl Handoff {
             state: Mutex::default(),
             open: AtomicBool::new(true),
             ready: Notify::new(),
+            left: Notify::new(),
         }
     }
 
@@ -85,6 +90,11 @@ impl Handoff {
     /// Says that a slot may have freed, so queued claims waiting for one can be looked at again.
     pub fn ring(&self) {
         self.ready.notify_one();
+    }
+
+    /// Resolves once a committed write has left deliveries for the store's queue: the dispatcher claims them.
+    pub async fn left_for_queue(&self) {
+        self.left.notified().await;
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -110,6 +120,7 @@ impl Handoff {
             token: ids::new_id("lease"),
             until: now + self.lease,
             claims: Vec::new(),
+            left: false,
         }
     }
 
@@ -175,7 +186,9 @@ impl Reservation {
     pub fn of(handoff: Option<&Arc<Handoff>>, now: Millis) -> Self {
         match handoff {
             Some(handoff) => handoff.reserve(now),
-            None => Self { handoff: None, places: 0, token: String::new(), until: now, claims: Vec::new() },
+            None => {
+                Self { handoff: None, places: 0, token: String::new(), until: now, claims: Vec::new(), left: false }
+            }
         }
     }
 
@@ -206,6 +219,11 @@ impl Reservation {
         });
     }
 
+    /// Notes that the transaction wrote a delivery it did not lease: once committed, the dispatcher is told.
+    pub fn leave_for_queue(&mut self) {
+        self.left = true;
+    }
+
     /// Gives back the places not filled, once the transaction has written its deliveries, so the next
     /// transaction of the same group commit can use them.
     pub fn settle(&mut self) {
@@ -221,6 +239,9 @@ impl Reservation {
     /// Called once the transaction has committed: queues its claims and wakes the dispatcher.
     pub fn commit(mut self) {
         let Some(handoff) = self.handoff.take() else { return };
+        if self.left {
+            handoff.left.notify_one();
+        }
         let claims = std::mem::take(&mut self.claims);
         if claims.is_empty() {
             handoff.state().reserved -= self.places;
@@ -299,6 +320,27 @@ mod tests {
         assert_eq!(taken[1..], ids[..2], "behind what was queued before");
         handoff.close();
         assert_eq!(handoff.requeue(rest).len(), 1, "a closed handoff takes nothing");
+    }
+
+    #[tokio::test]
+    async fn the_dispatcher_hears_of_deliveries_left_for_the_queue_once_they_are_committed() {
+        let handoff = Arc::new(Handoff::new(1, Duration::from_secs(60)));
+        let told = || async { tokio::time::timeout(Duration::from_millis(50), handoff.left_for_queue()).await.is_ok() };
+        let mut all_handed = handoff.reserve(now_ms());
+        all_handed.push(handed("ep_a"));
+        all_handed.commit();
+        assert!(!told().await, "nothing was left for the queue");
+
+        let mut full = handoff.reserve(now_ms());
+        assert!(!full.has_room());
+        full.leave_for_queue();
+        drop(full);
+        assert!(!told().await, "rolled back: nothing to claim");
+
+        let mut full = handoff.reserve(now_ms());
+        full.leave_for_queue();
+        full.commit();
+        assert!(told().await, "committed: the queue has work");
     }
 
     #[test]

@@ -284,6 +284,8 @@ async fn insert_deliveries(
     // The places not filled go back now, not at the commit: an API write beside this one may use them.
     reservation.settle();
     if left_for_queue {
+        // Other processes hear of them; this one's dispatcher is told directly once committed.
+        reservation.leave_for_queue();
         sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut **tx).await?;
     }
     Ok(())

@@ -402,6 +402,7 @@ fn insert_event(
             }
             _ => {
                 insert.execute(params![delivery_id, org, id, endpoint_id, now, now, None::<Millis>, None::<String>])?;
+                reservation.leave_for_queue();
             }
         }
     }

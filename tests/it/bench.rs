@@ -34,5 +34,7 @@ fn bench_runs_and_reports_every_figure() {
         assert!(latency["count"].as_u64().is_some_and(|n| n > 0), "{run} measured something: {latency}");
         let (p50, max) = (latency["p50_ms"].as_f64().expect("p50_ms"), latency["max_ms"].as_f64().expect("max_ms"));
         assert!(p50 <= max, "{run}: p50 ≤ max: {latency}");
+        let cpu = latency["server_cpu_us_per_webhook"].as_f64();
+        assert!(cpu.is_some_and(|v| v >= 0.0), "{run}: the server's CPU per webhook is a number: {latency}");
     }
 }

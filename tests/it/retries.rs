@@ -218,4 +218,35 @@ on_both_stores! {
         tokio::time::sleep(ms(200)).await;
         assert_eq!(receiver.count(), 2, "exactly one more attempt");
     }
+    /// With polling as good as off, work still starts at once: deliveries the handoff had no room for, a
+    /// scheduled retry, and a manual retry each wake the workers themselves.
+    async fn work_starts_without_polling() {
+        let no_polling = |c: &mut tidings::ServeConfig| {
+            c.poll_interval = Duration::from_secs(3600);
+            c.retry_schedule = vec![ms(50), ms(100), ms(150)];
+        };
+        let app = TestApp::spawn_with(|c| {
+            no_polling(c);
+            c.max_in_flight = 1; // room for four handed-off deliveries
+        })
+        .await;
+        let receiver = Receiver::ok().await;
+        for n in 0..8 {
+            app.a.create_endpoint(&receiver.url_for(&format!("/e{n}"))).await;
+        }
+        app.a.patch_interview("cand_burst", json!({ "interview_outcome": "qualified" })).await;
+        receiver.wait_for(8).await;
+
+        // Slots to spare, so only the recorded failure can wake the workers for its retry.
+        let app = TestApp::spawn_with(no_polling).await;
+        let flaky = Receiver::ok().await;
+        flaky.then(Reply::Status(503));
+        let (_, delivery_id) = one_delivery(&app, &flaky.url(), "cand_flaky").await;
+        app.a.wait_delivery_status(&delivery_id, "succeeded").await;
+        assert_eq!(flaky.count(), 2, "the failure and its retry");
+
+        let (status, _) = app.a.post_empty(&format!("/v1/deliveries/{delivery_id}/retry")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        flaky.wait_for(3).await;
+    }
 }
