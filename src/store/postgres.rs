@@ -229,8 +229,9 @@ async fn insert_deliveries(
         Fanout::Endpoint(endpoint) => ("e.id = $4", endpoint.as_str()),
     };
     // The endpoints are locked against deletion (not against edits) until the deliveries are committed, so a
-    // delete waits and then takes these deliveries with it. `targets` is read twice and calls random(), so it
-    // is computed once: the ids inserted are the ids answered.
+    // delete waits and then takes these deliveries with it. `targets` is read more than once and calls
+    // random(), so it is computed once: the ids inserted are the ids answered. Only the leased ones come back
+    // (their claims are handed off), and one of those left for the queue if there are any.
     let sql = format!(
         "WITH chosen AS ( \
            SELECT e.* FROM endpoints e WHERE e.org_id = ANY($2) AND {filter} FOR KEY SHARE \
@@ -247,7 +248,9 @@ async fn insert_deliveries(
                   CASE WHEN leased THEN $6 END, CASE WHEN leased THEN $7 END, $3, $3 \
            FROM targets \
          ) \
-         SELECT id, event_id, endpoint_id, url, secret, previous_secret, previous_secret_until, leased FROM targets"
+         SELECT {columns} FROM targets WHERE leased \
+         UNION ALL (SELECT {columns} FROM targets WHERE NOT leased LIMIT 1)",
+        columns = "id, event_id, endpoint_id, url, secret, previous_secret, previous_secret_until, leased"
     );
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let orgs: Vec<&str> = events.iter().map(|e| e.org.as_str()).collect();
@@ -691,8 +694,9 @@ impl Store for PostgresStore {
                UPDATE deliveries d SET lease_until = $4, lease_token = $5 FROM due WHERE d.seq = due.seq \
                RETURNING d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual \
              ) \
-             SELECT c.id, c.event_id, c.endpoint_id, c.scheduled_count, c.manual, ev.payload, e.url, e.secret, \
-                    e.previous_secret, e.previous_secret_until \
+             SELECT c.id, c.event_id, c.endpoint_id, c.scheduled_count, c.manual, \
+                    CASE WHEN row_number() OVER (PARTITION BY c.event_id) = 1 THEN ev.payload END AS payload, \
+                    e.url, e.secret, e.previous_secret, e.previous_secret_until \
              FROM claimed c JOIN events ev ON ev.id = c.event_id JOIN endpoints e ON e.id = c.endpoint_id",
         )
         .bind(now)
@@ -702,7 +706,7 @@ impl Store for PostgresStore {
         .bind(&token)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|row| row.into_claim(&token, lease_until, now)).collect())
+        Ok(ClaimRow::into_claims(rows, &token, lease_until, now))
     }
 
     async fn release(&self, claims: &[Claim]) -> Result<()> {

@@ -1,5 +1,7 @@
 //! Row shapes of the PostgreSQL store, decoded by sqlx and turned into the store's records.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use secrecy::SecretString;
 
@@ -139,7 +141,8 @@ pub struct ClaimRow {
     endpoint_id: String,
     scheduled_count: i64,
     manual: bool,
-    payload: String,
+    /// The event's body, on one claim of each event only (the others share it).
+    payload: Option<String>,
     url: String,
     secret: String,
     previous_secret: Option<String>,
@@ -147,8 +150,24 @@ pub struct ClaimRow {
 }
 
 impl ClaimRow {
-    /// The claim, signing with the previous secret too while its grace period lasts at `now`.
-    pub fn into_claim(self, lease_token: &str, lease_until: Millis, now: Millis) -> Claim {
+    /// The claims of `rows`, signing with the previous secret too while its grace period lasts at `now`; the
+    /// claims of one event share the body that one of its rows carries.
+    pub fn into_claims(rows: Vec<Self>, lease_token: &str, lease_until: Millis, now: Millis) -> Vec<Claim> {
+        let mut bodies: HashMap<String, Bytes> = HashMap::new();
+        for row in &rows {
+            if let Some(payload) = &row.payload {
+                bodies.entry(row.event_id.clone()).or_insert_with(|| Bytes::copy_from_slice(payload.as_bytes()));
+            }
+        }
+        rows.into_iter()
+            .map(|row| {
+                let payload = bodies.get(&row.event_id).cloned().unwrap_or_default();
+                row.into_claim(payload, lease_token, lease_until, now)
+            })
+            .collect()
+    }
+
+    fn into_claim(self, payload: Bytes, lease_token: &str, lease_until: Millis, now: Millis) -> Claim {
         let secrets = signing_secrets(self.secret, self.previous_secret, self.previous_secret_until, now);
         Claim {
             delivery_id: self.id,
@@ -157,7 +176,7 @@ impl ClaimRow {
             event_id: self.event_id,
             endpoint_id: self.endpoint_id,
             url: self.url,
-            payload: Bytes::from(self.payload),
+            payload,
             secrets,
             scheduled_count: self.scheduled_count.max(0) as u32,
             trigger: if self.manual { Trigger::Manual } else { Trigger::Scheduled },

@@ -736,17 +736,24 @@ impl Store for SqliteStore {
                  WHERE d.seq = ?",
             )?;
             let mut claims = Vec::with_capacity(claimed.len());
+            // One copy of each event's body, shared by its claims (a fan-out claims many of one event).
+            let mut bodies: HashMap<String, Bytes> = HashMap::new();
             for seq in claimed {
                 let claim = read.query_row([seq], |r| {
+                    let event_id: String = r.get(1)?;
+                    let payload = match bodies.get(&event_id) {
+                        Some(body) => body.clone(),
+                        None => bodies.entry(event_id.clone()).or_insert(Bytes::from(r.get::<_, String>(5)?)).clone(),
+                    };
                     Ok(Claim {
                         delivery_id: r.get(0)?,
                         lease_token: token.clone(),
                         lease_until,
                         secrets: signing_secrets(r.get(7)?, r.get(8)?, r.get(9)?, now),
-                        event_id: r.get(1)?,
+                        event_id,
                         endpoint_id: r.get(2)?,
                         url: r.get(6)?,
-                        payload: Bytes::from(r.get::<_, String>(5)?),
+                        payload,
                         scheduled_count: r.get::<_, i64>(3)?.max(0) as u32,
                         trigger: if r.get::<_, bool>(4)? { Trigger::Manual } else { Trigger::Scheduled },
                     })

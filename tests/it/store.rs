@@ -102,6 +102,22 @@ on_both_stores! {
         assert!(f.store.claim_due(NOW + 10_000, NOW + 11_000, 10, &[]).await.unwrap().is_empty());
     }
 
+    /// A batch of claims over several events and endpoints gives every claim its own event's body.
+    async fn claims_carry_their_own_events_body() {
+        let f = fixture().await;
+        f.endpoint(true).await;
+        f.endpoint(true).await;
+        f.events(3).await;
+        let claims = f.store.claim_due(NOW, NOW + 1_000, 10, &[]).await.unwrap();
+        assert_eq!(claims.len(), 6);
+        let events: HashSet<&str> = claims.iter().map(|c| c.event_id.as_str()).collect();
+        assert_eq!(events.len(), 3);
+        for claim in &claims {
+            let event = f.store.get_event(&f.org, &claim.event_id).await.unwrap().expect("the claim's event");
+            assert_eq!(claim.payload.as_ref(), event.payload.as_bytes(), "{}", claim.delivery_id);
+        }
+    }
+
     /// Claimers racing over one backlog never get the same delivery twice, and together get all of it.
     async fn concurrent_claims_never_overlap() {
         let f = fixture().await;
