@@ -156,19 +156,18 @@ impl Dispatcher {
             }
             // Reap finished tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
-            let (mut free, exclude) = self.capacity();
-            // A small `--max-in-flight` still claims once a quarter of it is free.
-            let worth_a_query = CLAIM_MIN.min(self.config.max_in_flight / 4).max(1);
-            if free < worth_a_query && free < self.config.max_in_flight {
-                // Attempts are in flight and will free more slots soon: claim for several at once then.
-                free = 0;
-            }
+            let (free, exclude, limited) = self.capacity();
             let mut claimed = 0;
             if free > 0 {
                 match self.claim(free.min(CLAIM_BATCH), &exclude).await {
                     Ok(claims) => {
                         claimed = claims.len();
-                        self.dispatch(claims, &results, &mut tasks).await;
+                        // Claims over an endpoint's bound may go back to the store: from now on a freed slot is
+                        // worth a look, unless none did.
+                        self.backlog.store(true, Ordering::SeqCst);
+                        if !self.dispatch(claims, &results, &mut tasks).await {
+                            self.backlog.store(limited, Ordering::SeqCst);
+                        }
                     }
                     Err(error) => {
                         tracing::error!(%error, "claiming deliveries failed");
@@ -178,8 +177,6 @@ impl Dispatcher {
             if free > 0 && claimed == free.min(CLAIM_BATCH) {
                 continue; // there may be more due right now
             }
-            // Due work may be waiting for slots: the attempts in flight, or an endpoint's, were the limit.
-            self.backlog.store(free == 0 || !exclude.is_empty(), Ordering::Relaxed);
             let wait = self.idle_wait(free > 0).await;
             let left_for_queue = async {
                 match &self.handoff {
@@ -213,17 +210,27 @@ impl Dispatcher {
         let _ = watcher.await;
     }
 
-    /// Free slots overall, and the endpoints that have no free slot.
-    fn capacity(&self) -> (usize, Vec<String>) {
+    /// The slots worth claiming for (none while only a few are free: attempts in flight will free more soon,
+    /// and one query claims for several then), the endpoints that have no free slot, and whether either limits
+    /// what can be claimed. That last is also left in [`Self::backlog`] before the lock is let go, so any slot
+    /// freed after this reading wakes the loop again.
+    fn capacity(&self) -> (usize, Vec<String>, bool) {
         let in_flight = self.in_flight();
-        let free = self.config.max_in_flight.saturating_sub(in_flight.total);
-        let full = in_flight
+        let mut free = self.config.max_in_flight.saturating_sub(in_flight.total);
+        // A small `--max-in-flight` still claims once a quarter of it is free.
+        let worth_a_query = CLAIM_MIN.min(self.config.max_in_flight / 4).max(1);
+        if free < worth_a_query && free < self.config.max_in_flight {
+            free = 0;
+        }
+        let full: Vec<String> = in_flight
             .per_endpoint
             .iter()
             .filter(|(_, n)| **n >= self.config.endpoint_concurrency)
             .map(|(id, _)| id.clone())
             .collect();
-        (free, full)
+        let limited = free == 0 || !full.is_empty();
+        self.backlog.store(limited, Ordering::SeqCst);
+        (free, full, limited)
     }
 
     async fn claim(&self, limit: usize, exclude: &[String]) -> Result<Vec<Claim>, crate::store::StoreError> {
@@ -232,13 +239,13 @@ impl Dispatcher {
     }
 
     /// Starts a task per claim that fits the per-endpoint bound. The rest wait in the handoff's queue for a
-    /// slot, or, when it is full (or there is none), are given back at once.
+    /// slot, or, when it is full (or there is none), are given back at once. Answers whether any were.
     async fn dispatch(
         &self,
         claims: Vec<Claim>,
         results: &mpsc::Sender<AttemptResult>,
         tasks: &mut tokio::task::JoinSet<()>,
-    ) {
+    ) -> bool {
         let mut overflow = Vec::new();
         for claim in claims {
             if self.in_flight().admit(&claim, self.config.endpoint_concurrency) {
@@ -256,6 +263,7 @@ impl Dispatcher {
             // Their leases run out and they come due again; nothing is lost.
             tracing::warn!(%error, count = overflow.len(), "releasing claims over an endpoint's bound failed");
         }
+        !overflow.is_empty()
     }
 
     /// What an attempt's task needs.
@@ -353,7 +361,8 @@ struct Attempt {
 #[derive(Clone)]
 struct Slots {
     in_flight: Arc<Mutex<InFlight>>,
-    /// The claim loop's, rung only while it is short of slots ([`Dispatcher::backlog`]).
+    /// The claim loop's: rung for a freed slot only while it is short of slots ([`Dispatcher::backlog`]), and
+    /// by the recorder for a recorded retry.
     wake: Arc<Notify>,
     backlog: Arc<AtomicBool>,
     /// Rung for handed-off claims waiting for a slot.
@@ -363,7 +372,7 @@ struct Slots {
 impl Slots {
     /// A slot may have freed: the handoff may start more, and so may the claim loop if it was short of slots.
     fn freed(&self) {
-        if self.backlog.load(Ordering::Relaxed) {
+        if self.backlog.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
         if let Some(handoff) = &self.handoff {

@@ -214,8 +214,8 @@ struct NewEvent {
 
 /// Inserts the deliveries of `events` in one statement: to every enabled endpoint of the event's organization
 /// subscribed to `event_type`, or to the one endpoint of `fanout`. As many as `reservation` has room for are
-/// leased to this process and their claims added to it; if any are left for the queue, other processes are
-/// told on commit.
+/// leased to this process and their claims added to it; if any are left for the queue, this process's workers
+/// and other processes are told on commit.
 async fn insert_deliveries(
     tx: &mut Tx,
     events: &[NewEvent],
@@ -380,8 +380,9 @@ impl PostgresStore {
 
     /// Records a batch of attempt results in one statement.
     async fn record_slice(&self, results: &[AttemptResult]) -> Result<()> {
-        // One statement for the whole batch. A delivery twice in one batch (a stale lease's result beside the
-        // newer one) would be numbered twice from the same snapshot, so such a batch is split.
+        // One statement for the whole batch. An attempt is logged for the deliveries the statement updated,
+        // numbered by the count it set, so a delivery deleted meanwhile gets none. A delivery twice in one batch
+        // (a stale lease's result beside the newer one) would be updated only once, so such a batch is split.
         let mut seen = std::collections::HashSet::with_capacity(results.len());
         if let Some(split) = results.iter().position(|r| !seen.insert(r.delivery_id.as_str())) {
             Box::pin(self.record_slice(&results[..split])).await?;
@@ -397,22 +398,23 @@ impl PostgresStore {
                                     $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
                  AS r(delivery_id, lease_token, trigger, started_at, duration_ms, status_code, error, \
                       response_body, status, next_at, scheduled) \
-             ), logged AS ( \
-               INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
-                                     response_body) \
-               SELECT d.id, d.attempt_count + 1, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
-                      r.response_body \
-               FROM r JOIN deliveries d ON d.id = r.delivery_id \
+             ), updated AS ( \
+               UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
+                 scheduled_count = d.scheduled_count + CASE WHEN d.lease_token = r.lease_token THEN r.scheduled ELSE 0 END, \
+                 status = CASE WHEN d.lease_token = r.lease_token THEN r.status ELSE d.status END, \
+                 next_attempt_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.next_attempt_at END, \
+                 run_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.run_at END, \
+                 lease_until = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_until END, \
+                 manual = CASE WHEN d.lease_token = r.lease_token THEN FALSE ELSE d.manual END, \
+                 lease_token = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_token END \
+               FROM r WHERE d.id = r.delivery_id \
+               RETURNING d.id, d.attempt_count, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
+                         r.response_body \
              ) \
-             UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
-               scheduled_count = d.scheduled_count + CASE WHEN d.lease_token = r.lease_token THEN r.scheduled ELSE 0 END, \
-               status = CASE WHEN d.lease_token = r.lease_token THEN r.status ELSE d.status END, \
-               next_attempt_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.next_attempt_at END, \
-               run_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.run_at END, \
-               lease_until = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_until END, \
-               manual = CASE WHEN d.lease_token = r.lease_token THEN FALSE ELSE d.manual END, \
-               lease_token = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_token END \
-             FROM r WHERE d.id = r.delivery_id",
+             INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
+                                   response_body) \
+             SELECT id, attempt_count, trigger, started_at, duration_ms, status_code, error, response_body \
+             FROM updated",
         )
         .bind(columns.delivery_id)
         .bind(columns.lease_token)
@@ -529,8 +531,9 @@ impl Store for PostgresStore {
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
-        // Attempts being recorded now finish first, so their rows are seen and deleted too.
-        sqlx::query("SELECT 1 FROM deliveries WHERE endpoint_id = $1 AND lease_token IS NOT NULL FOR UPDATE")
+        // Its deliveries are locked before they go: attempts being recorded for them finish first (and are seen
+        // below), later ones find them gone and log nothing, and no other process claims one meanwhile.
+        sqlx::query("SELECT 1 FROM deliveries WHERE endpoint_id = $1 ORDER BY id FOR UPDATE")
             .bind(id)
             .execute(&mut *tx)
             .await?;

@@ -218,8 +218,9 @@ on_both_stores! {
         tokio::time::sleep(ms(200)).await;
         assert_eq!(receiver.count(), 2, "exactly one more attempt");
     }
-    /// With polling as good as off, work still starts at once: deliveries the handoff had no room for, a
-    /// scheduled retry, and a manual retry each wake the workers themselves.
+    /// With polling as good as off, work still starts at once: deliveries the handoff had no room for (also
+    /// when their endpoint's bound holds them back), a scheduled retry, and a manual retry each wake the
+    /// workers themselves.
     async fn work_starts_without_polling() {
         let no_polling = |c: &mut tidings::ServeConfig| {
             c.poll_interval = Duration::from_secs(3600);
@@ -236,6 +237,21 @@ on_both_stores! {
         }
         app.a.patch_interview("cand_burst", json!({ "interview_outcome": "qualified" })).await;
         receiver.wait_for(8).await;
+
+        // One endpoint taking one request at a time, with most of its backlog in the store's queue: every
+        // freed slot of it must lead to the next claim.
+        let app = TestApp::spawn_with(|c| {
+            no_polling(c);
+            c.max_in_flight = 2;
+            c.endpoint_concurrency = 1;
+        })
+        .await;
+        let slow = Receiver::start(Reply::Slow(ms(5), 200)).await;
+        app.a.create_endpoint(&slow.url()).await;
+        for n in 0..20 {
+            app.a.patch_interview(&format!("cand_queued_{n}"), json!({ "interview_outcome": "qualified" })).await;
+        }
+        slow.wait_for(20).await;
 
         // Slots to spare, so only the recorded failure can wake the workers for its retry.
         let app = TestApp::spawn_with(no_polling).await;
