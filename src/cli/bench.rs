@@ -159,6 +159,13 @@ impl Server {
         (self.cpu_seconds() - before) * 1e6 / webhooks.max(1) as f64
     }
 
+    /// Runs a latency measurement and adds the server's CPU per webhook while it ran.
+    async fn costed(&self, run: impl Future<Output = anyhow::Result<Latency>>) -> anyhow::Result<Latency> {
+        let cpu = self.cpu_seconds();
+        let latency = run.await?;
+        Ok(Latency { server_cpu_us_per_webhook: self.cpu_us_per_webhook(cpu, latency.count as usize), ..latency })
+    }
+
     /// Peak resident memory so far, from `/proc` (Linux only; 0 elsewhere).
     fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
@@ -257,22 +264,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let api = Api::new(&client, &server.base, &database, "bench-latency").await?;
     api.endpoint(&receiver_url).await?;
     sink.track.store(true, Ordering::Relaxed);
-    let costed = |latency: Latency, cpu: f64| Latency {
-        server_cpu_us_per_webhook: server.cpu_us_per_webhook(cpu, latency.count as usize),
-        ..latency
-    };
     progress("latency: one update at a time");
-    let cpu = server.cpu_seconds();
-    report.latency_unloaded = costed(unloaded_latency(&api, &sink, 500, args.phase_timeout).await?, cpu);
+    report.latency_unloaded = server.costed(unloaded_latency(&api, &sink, 500, args.phase_timeout)).await?;
     progress(&format!("latency: {} updates/s, open loop", args.rate));
-    let cpu = server.cpu_seconds();
-    let fixed = open_loop_latency(&api, &sink, "r", args.rate, args.latency_duration, args.phase_timeout).await?;
-    report.latency_fixed = costed(fixed, cpu);
+    let fixed = open_loop_latency(&api, &sink, "r", args.rate, args.latency_duration, args.phase_timeout);
+    report.latency_fixed = server.costed(fixed).await?;
     let half = ((delivery / 2.0) as u64).max(1);
     progress(&format!("latency: {half} updates/s (half the measured throughput), open loop"));
-    let cpu = server.cpu_seconds();
-    let halved = open_loop_latency(&api, &sink, "h", half, args.latency_duration, args.phase_timeout).await?;
-    report.latency_half_throughput = costed(halved, cpu);
+    let halved = open_loop_latency(&api, &sink, "h", half, args.latency_duration, args.phase_timeout);
+    report.latency_half_throughput = server.costed(halved).await?;
     report.server_peak_rss_mib = server.peak_rss_mib();
     drop(server);
 

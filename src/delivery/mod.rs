@@ -156,17 +156,17 @@ impl Dispatcher {
             }
             // Reap finished tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
-            let (free, exclude, limited) = self.capacity();
+            let (free, exclude) = self.capacity();
             let mut claimed = 0;
             if free > 0 {
                 match self.claim(free.min(CLAIM_BATCH), &exclude).await {
                     Ok(claims) => {
                         claimed = claims.len();
                         // Claims over an endpoint's bound may go back to the store: from now on a freed slot is
-                        // worth a look, unless none did.
+                        // worth a look, unless none did (then only full endpoints may still hold work back).
                         self.backlog.store(true, Ordering::SeqCst);
                         if !self.dispatch(claims, &results, &mut tasks).await {
-                            self.backlog.store(limited, Ordering::SeqCst);
+                            self.backlog.store(!exclude.is_empty(), Ordering::SeqCst);
                         }
                     }
                     Err(error) => {
@@ -211,10 +211,10 @@ impl Dispatcher {
     }
 
     /// The slots worth claiming for (none while only a few are free: attempts in flight will free more soon,
-    /// and one query claims for several then), the endpoints that have no free slot, and whether either limits
-    /// what can be claimed. That last is also left in [`Self::backlog`] before the lock is let go, so any slot
-    /// freed after this reading wakes the loop again.
-    fn capacity(&self) -> (usize, Vec<String>, bool) {
+    /// and one query claims for several then), and the endpoints that have no free slot. Whether either limits
+    /// what can be claimed is left in [`Self::backlog`] before the lock is let go, so any slot freed after this
+    /// reading wakes the loop again.
+    fn capacity(&self) -> (usize, Vec<String>) {
         let in_flight = self.in_flight();
         let mut free = self.config.max_in_flight.saturating_sub(in_flight.total);
         // A small `--max-in-flight` still claims once a quarter of it is free.
@@ -228,9 +228,8 @@ impl Dispatcher {
             .filter(|(_, n)| **n >= self.config.endpoint_concurrency)
             .map(|(id, _)| id.clone())
             .collect();
-        let limited = free == 0 || !full.is_empty();
-        self.backlog.store(limited, Ordering::SeqCst);
-        (free, full, limited)
+        self.backlog.store(free == 0 || !full.is_empty(), Ordering::SeqCst);
+        (free, full)
     }
 
     async fn claim(&self, limit: usize, exclude: &[String]) -> Result<Vec<Claim>, crate::store::StoreError> {

@@ -323,6 +323,32 @@ pub(crate) fn signing_secrets(
     secrets
 }
 
+/// One copy of each event's body, shared by the claims of its deliveries: a fan-out makes many claims of one
+/// event, and each would otherwise hold a copy of its own.
+#[derive(Default)]
+pub(crate) struct SharedBodies(HashMap<String, Bytes>);
+
+impl SharedBodies {
+    /// The body of `event_id`: the copy already made, or else the one `make` makes.
+    pub(crate) fn share<E>(
+        &mut self,
+        event_id: &str,
+        make: impl FnOnce() -> std::result::Result<Bytes, E>,
+    ) -> std::result::Result<Bytes, E> {
+        if let Some(body) = self.0.get(event_id) {
+            return Ok(body.clone());
+        }
+        let body = make()?;
+        self.0.insert(event_id.to_owned(), body.clone());
+        Ok(body)
+    }
+
+    /// The copy of `event_id`'s body, if one was made.
+    pub(crate) fn get(&self, event_id: &str) -> Option<Bytes> {
+        self.0.get(event_id).cloned()
+    }
+}
+
 /// An interview read back from its stored form; a form that does not read is a damaged store.
 pub(crate) fn stored_interview(text: &str, candidate_id: &str) -> Result<Interview> {
     Interview::from_json(text).ok_or_else(|| StoreError::Corrupt(format!("interview {candidate_id}")))

@@ -23,8 +23,8 @@ use super::rows::{
 };
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, EndpointChanges, EndpointRecord, EventRecord,
-    Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError, Trigger, next_columns,
-    signing_secrets, stored_interview,
+    Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, SharedBodies, Store, StoreError, Trigger,
+    next_columns, signing_secrets, stored_interview,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -265,16 +265,15 @@ async fn insert_deliveries(
         .fetch_all(&mut **tx)
         .await?;
     let mut left_for_queue = false;
-    // One copy of each body, shared by the claims of its event.
-    let mut bodies: HashMap<&str, (&str, Option<Bytes>)> =
-        events.iter().map(|e| (e.id.as_str(), (e.payload.as_str(), None))).collect();
+    let mut bodies = SharedBodies::default();
     for row in rows {
         if !row.leased || !reservation.has_room() {
             left_for_queue |= !row.leased;
             continue;
         }
-        let Some((text, body)) = bodies.get_mut(row.event_id.as_str()) else { continue };
-        let payload = body.get_or_insert_with(|| Bytes::copy_from_slice(text.as_bytes())).clone();
+        let event = || events.iter().find(|e| e.id == row.event_id);
+        let body = || event().map(|e| Bytes::copy_from_slice(e.payload.as_bytes())).ok_or(());
+        let Ok(payload) = bodies.share(&row.event_id, body) else { continue };
         reservation.push(Handed {
             secrets: signing_secrets(row.secret, row.previous_secret, row.previous_secret_until, now),
             url: row.url,

@@ -1,13 +1,13 @@
 //! Row shapes of the PostgreSQL store, decoded by sqlx and turned into the store's records.
 
-use std::collections::HashMap;
+use std::convert::Infallible;
 
 use bytes::Bytes;
 use secrecy::SecretString;
 
 use super::{
-    AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, EndpointRecord, EventRecord, StoreError, Trigger,
-    signing_secrets,
+    AttemptRecord, Claim, DeliveryRecord, DeliveryStatus, EndpointRecord, EventRecord, SharedBodies, StoreError,
+    Trigger, signing_secrets,
 };
 use crate::domain::time::Millis;
 
@@ -152,16 +152,17 @@ pub struct ClaimRow {
 impl ClaimRow {
     /// The claims of `rows`, signing with the previous secret too while its grace period lasts at `now`; the
     /// claims of one event share the body that one of its rows carries.
-    pub fn into_claims(rows: Vec<Self>, lease_token: &str, lease_until: Millis, now: Millis) -> Vec<Claim> {
-        let mut bodies: HashMap<String, Bytes> = HashMap::new();
-        for row in &rows {
-            if let Some(payload) = &row.payload {
-                bodies.entry(row.event_id.clone()).or_insert_with(|| Bytes::copy_from_slice(payload.as_bytes()));
+    pub fn into_claims(mut rows: Vec<Self>, lease_token: &str, lease_until: Millis, now: Millis) -> Vec<Claim> {
+        let mut bodies = SharedBodies::default();
+        for row in &mut rows {
+            if let Some(payload) = row.payload.take() {
+                let _ = bodies.share(&row.event_id, || Ok::<_, Infallible>(Bytes::from(payload)));
             }
         }
         rows.into_iter()
             .map(|row| {
-                let payload = bodies.get(&row.event_id).cloned().unwrap_or_default();
+                // Every event's body came on one of its rows.
+                let payload = bodies.get(&row.event_id).unwrap_or_default();
                 row.into_claim(payload, lease_token, lease_until, now)
             })
             .collect()

@@ -18,8 +18,8 @@ use tokio::sync::oneshot;
 use super::handoff::{Handed, Handoff, Reservation};
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
-    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, Store, StoreError,
-    Trigger, next_columns, signing_secrets, stored_interview,
+    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, SharedBodies, Store,
+    StoreError, Trigger, next_columns, signing_secrets, stored_interview,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -736,15 +736,11 @@ impl Store for SqliteStore {
                  WHERE d.seq = ?",
             )?;
             let mut claims = Vec::with_capacity(claimed.len());
-            // One copy of each event's body, shared by its claims (a fan-out claims many of one event).
-            let mut bodies: HashMap<String, Bytes> = HashMap::new();
+            let mut bodies = SharedBodies::default();
             for seq in claimed {
                 let claim = read.query_row([seq], |r| {
                     let event_id: String = r.get(1)?;
-                    let payload = match bodies.get(&event_id) {
-                        Some(body) => body.clone(),
-                        None => bodies.entry(event_id.clone()).or_insert(Bytes::from(r.get::<_, String>(5)?)).clone(),
-                    };
+                    let payload = bodies.share(&event_id, || r.get::<_, String>(5).map(Bytes::from))?;
                     Ok(Claim {
                         delivery_id: r.get(0)?,
                         lease_token: token.clone(),

@@ -218,6 +218,7 @@ on_both_stores! {
         tokio::time::sleep(ms(200)).await;
         assert_eq!(receiver.count(), 2, "exactly one more attempt");
     }
+
     /// With polling as good as off, work still starts at once: deliveries the handoff had no room for (also
     /// when their endpoint's bound holds them back), a scheduled retry, and a manual retry each wake the
     /// workers themselves.

@@ -18,7 +18,8 @@ use crate::on_both_stores;
 struct Fixture {
     store: Arc<dyn Store>,
     org: String,
-    _db: TestDb,
+    /// Kept as long as the store; its URL reaches the database itself.
+    db: TestDb,
 }
 
 async fn fixture() -> Fixture {
@@ -30,7 +31,7 @@ async fn fixture_with(handoff: Option<Arc<Handoff>>) -> Fixture {
     let db = TestDb::new(Backend::current()).await.expect("a database");
     let store = tidings::store::open_with(&db.url, handoff).await.expect("open the store");
     let org = store.create_org("Acme", &format!("hash-{}", rand::random::<u64>())).await.expect("org");
-    Fixture { store, org, _db: db }
+    Fixture { store, org, db }
 }
 
 impl Fixture {
@@ -206,7 +207,7 @@ on_both_stores! {
         if Backend::current() == Backend::Postgres {
             // Nothing checks references on PostgreSQL: the delete itself must leave no attempt behind.
             use sqlx::Connection;
-            let mut connection = sqlx::PgConnection::connect(&f._db.url).await.unwrap();
+            let mut connection = sqlx::PgConnection::connect(&f.db.url).await.unwrap();
             let left: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(&mut connection).await.unwrap();
             assert_eq!(left, 3, "only the kept endpoint's attempts remain");
         }
