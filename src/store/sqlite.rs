@@ -35,6 +35,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
 const WRITE_BATCH: usize = 512;
 /// Reader connections kept open.
 const READERS: usize = 4;
+/// Longest the checkpointer rests after copying the log into the database file, while writes keep coming.
+const CHECKPOINT_REST: Duration = Duration::from_millis(50);
 
 const ENDPOINT_COLUMNS: &str = "seq, id, url, description, event_types, enabled, secret, previous_secret, \
                                 previous_secret_until, created_at, updated_at";
@@ -131,8 +133,9 @@ fn connect(path: &str) -> Result<Connection> {
     connection.busy_timeout(Duration::from_secs(10))?;
     // FULL: a transaction is on disk when COMMIT returns, so an acknowledged write survives power loss.
     connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-    // A 16 MiB page cache keeps the hot end of the tables and indexes in memory; checkpoints every 16 MiB of
-    // WAL rather than every 4 MiB copy each page back once for several batches.
+    // A 16 MiB page cache keeps the hot end of the tables and indexes in memory. The checkpointer thread copies
+    // the log into the database file as it grows; the writer checkpoints too once the log holds 16 MiB (then
+    // little is left to copy), which lets the next write start the log over from the beginning.
     // Savepoints journal the pages they change: in memory, not in a temporary file.
     connection
         .execute_batch("PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 4000; PRAGMA temp_store = MEMORY;")?;
@@ -157,8 +160,8 @@ fn migrate(connection: &mut Connection) -> Result<()> {
 }
 
 /// The writer thread: waits for a write, takes every other one waiting, runs them in one transaction,
-/// commits once, then answers them all.
-fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
+/// commits once, tells the checkpointer, then answers them all.
+fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, committed: mpsc::SyncSender<()>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < WRITE_BATCH {
@@ -168,9 +171,24 @@ fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
             }
         }
         let commit_error = run_batch(&connection, &mut batch);
+        // Full when the checkpointer has already been told.
+        let _ = committed.try_send(());
         for job in batch {
             job.finish(commit_error.as_deref());
         }
+    }
+}
+
+/// The checkpointer thread: after each write it hears of, copies the committed log into the database file,
+/// then rests. Copying takes milliseconds of writing and two syncs; on the writer thread every write waiting
+/// would wait for it. PASSIVE waits for no one: it copies what no reader still needs, and does nothing while
+/// the writer's own checkpoint runs.
+fn checkpoint_loop(connection: Connection, committed: mpsc::Receiver<()>) {
+    while committed.recv().is_ok() {
+        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "cannot copy the write-ahead log into the database file");
+        }
+        std::thread::sleep(CHECKPOINT_REST);
     }
 }
 
@@ -222,18 +240,19 @@ impl SqliteStore {
     pub async fn open(database: &str, handoff: Option<Arc<Handoff>>) -> Result<Self> {
         let path = file_path(database).to_owned();
         let writer_path = path.clone();
-        let writer = tokio::task::spawn_blocking(move || -> Result<Connection> {
+        let (writer, checkpointer) = tokio::task::spawn_blocking(move || -> Result<(Connection, Connection)> {
             let mut connection = connect(&writer_path)?;
             migrate(&mut connection)?;
-            Ok(connection)
+            Ok((connection, connect(&writer_path)?))
         })
         .await
         .map_err(|_| StoreError::Closed)??;
         let (jobs, receiver) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("tidings-sqlite-writer".into())
-            .spawn(move || write_loop(writer, receiver))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        let (committed, heard) = mpsc::sync_channel(1);
+        let thread = |name: &str| std::thread::Builder::new().name(format!("sqlite-{name}"));
+        let cannot_start = |e: std::io::Error| StoreError::Corrupt(format!("cannot start a store thread: {e}"));
+        thread("checkpt").spawn(move || checkpoint_loop(checkpointer, heard)).map_err(cannot_start)?;
+        thread("writer").spawn(move || write_loop(writer, receiver, committed)).map_err(cannot_start)?;
         let readers = Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(READERS) };
         Ok(Self { jobs, readers: Arc::new(readers), handoff })
     }
@@ -856,7 +875,28 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::file_path;
+    use std::time::{Duration, Instant};
+
+    use super::{SqliteStore, file_path};
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn the_log_is_copied_into_the_database_file_long_before_the_writer_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), None).await.unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        // Turning the new file to WAL wrote its first page; the schema is still only in the log.
+        assert_eq!(size(), 4096);
+        store.create_org("acme", "key-hash").await.unwrap();
+        // A few dozen pages in the log, far below the writer's 4,000: only the checkpointer copies them now.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while size() <= 4096 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(size() > 10 * 4096, "the database file holds {} bytes", size());
+        assert!(store.org_for_key("key-hash").await.unwrap().is_some());
+    }
 
     #[test]
     fn database_values_name_files() {
