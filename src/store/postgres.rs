@@ -673,8 +673,8 @@ impl Store for PostgresStore {
     async fn last_deliveries(&self, org: &str, endpoint_ids: &[String]) -> Result<Vec<DeliveryRecord>> {
         // One correlated subquery per endpoint, each answered from deliveries_by_endpoint (endpoint_id, seq).
         let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE seq IN ( \
-               SELECT (SELECT d.seq FROM deliveries d WHERE d.endpoint_id = e.id AND d.org_id = $1 \
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id IN ( \
+               SELECT (SELECT d.id FROM deliveries d WHERE d.endpoint_id = e.id AND d.org_id = $1 \
                        ORDER BY d.seq DESC LIMIT 1) \
                FROM unnest($2::text[]) AS e(id))"
         );
@@ -686,14 +686,14 @@ impl Store for PostgresStore {
         let token = ids::new_id("lease");
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH due AS ( \
-               SELECT d.seq FROM deliveries d \
+               SELECT d.id FROM deliveries d \
                WHERE d.run_at <= $1 AND (d.lease_until IS NULL OR d.lease_until <= $1) \
                  AND NOT (d.endpoint_id = ANY($2)) \
                  AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id AND e.enabled) \
                ORDER BY d.run_at LIMIT $3 \
                FOR UPDATE OF d SKIP LOCKED \
              ), claimed AS ( \
-               UPDATE deliveries d SET lease_until = $4, lease_token = $5 FROM due WHERE d.seq = due.seq \
+               UPDATE deliveries d SET lease_until = $4, lease_token = $5 FROM due WHERE d.id = due.id \
                RETURNING d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual \
              ) \
              SELECT c.id, c.event_id, c.endpoint_id, c.scheduled_count, c.manual, \

@@ -396,3 +396,34 @@ async fn postgres_plans_made_on_empty_tables_use_the_indexes() {
         assert!(plan.contains("Index"), "{table} is not read through an index:\n{plan}");
     }
 }
+
+/// Each row written per webhook has one unique index, its key: the id it is found by (for an attempt, its
+/// delivery's id with `seq`). `seq` orders rows through the listing indexes only.
+#[tokio::test]
+async fn postgres_rows_are_keyed_by_their_ids_alone() {
+    if crate::db::postgres_server().is_none() {
+        crate::db::skip_notice("store::postgres_rows_are_keyed_by_their_ids_alone");
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await.expect("a database");
+    tidings::store::open(&db.url).await.expect("open and migrate the store");
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    for (table, key) in [("events", "id"), ("deliveries", "id"), ("attempts", "delivery_id, seq")] {
+        let unique: Vec<(bool, String)> = sqlx::query_as(
+            "SELECT i.indisprimary, pg_get_indexdef(i.indexrelid) FROM pg_index i \
+             WHERE i.indrelid = $1::regclass AND i.indisunique",
+        )
+        .bind(table)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(unique.len(), 1, "{table}: {unique:?}");
+        assert!(unique[0].0, "{table}: {unique:?}");
+        assert!(unique[0].1.ends_with(&format!("btree ({key})")), "{table}: {unique:?}");
+    }
+    let by_delivery: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE tablename = 'attempts'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(by_delivery, 1, "the key is the only index attempts need");
+}
