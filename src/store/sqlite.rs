@@ -35,7 +35,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
 const WRITE_BATCH: usize = 512;
 /// Reader connections kept open.
 const READERS: usize = 4;
-/// Longest the checkpointer rests after copying the log into the database file, while writes keep coming.
+/// How long the checkpointer rests after each checkpoint: while writes keep coming, it copies the log into the
+/// database file about this often rather than after every commit.
 const CHECKPOINT_REST: Duration = Duration::from_millis(50);
 
 const ENDPOINT_COLUMNS: &str = "seq, id, url, description, event_types, enabled, secret, previous_secret, \
@@ -860,8 +861,19 @@ impl Store for SqliteStore {
         })
         .await?;
         // A service that built up this history over time has long since copied it from the WAL into the
-        // database; leave it that way rather than to the first commits measured after it.
-        self.read(|c| Ok(c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?)).await
+        // database; leave it that way rather than to the first commits measured after it. The checkpointer may
+        // be copying at the moment (the checkpoint then answers busy without waiting): try again shortly.
+        self.read(|c| {
+            for _ in 0..500 {
+                let busy: bool = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if !busy {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>> {
@@ -891,7 +903,7 @@ mod tests {
         store.create_org("acme", "key-hash").await.unwrap();
         // A few dozen pages in the log, far below the writer's 4,000: only the checkpointer copies them now.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while size() <= 4096 && Instant::now() < deadline {
+        while size() <= 10 * 4096 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(size() > 10 * 4096, "the database file holds {} bytes", size());

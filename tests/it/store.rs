@@ -363,18 +363,26 @@ on_both_stores! {
     }
 }
 
+/// A freshly migrated PostgreSQL database, or `None` (after saying the test is skipped) when there is no server.
+async fn migrated_postgres(test: &str) -> Option<TestDb> {
+    if crate::db::postgres_server().is_none() {
+        crate::db::skip_notice(test);
+        return None;
+    }
+    let db = TestDb::new(Backend::Postgres).await.expect("a database");
+    tidings::store::open(&db.url).await.expect("open and migrate the store");
+    Some(db)
+}
+
 /// A plan made for the store's connections while its tables are empty still reads them through their indexes,
 /// as it must once they hold millions of rows (a cached plan is not made again as a table grows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_plans_made_on_empty_tables_use_the_indexes() {
     use sqlx::Connection;
 
-    if crate::db::postgres_server().is_none() {
-        crate::db::skip_notice("store::postgres_plans_made_on_empty_tables_use_the_indexes");
+    let Some(db) = migrated_postgres("store::postgres_plans_made_on_empty_tables_use_the_indexes").await else {
         return;
-    }
-    let db = TestDb::new(Backend::Postgres).await.expect("a database");
-    tidings::store::open(&db.url).await.expect("open and migrate the store");
+    };
     let options = tidings::store::postgres::connect_options(&db.url).expect("connection options");
     let mut connection = sqlx::PgConnection::connect_with(&options).await.expect("connect");
     // The shapes of the store's batch statements: a batch of rows named by id, joined to a growing table.
@@ -401,12 +409,9 @@ async fn postgres_plans_made_on_empty_tables_use_the_indexes() {
 /// delivery's id with `seq`). `seq` orders rows through the listing indexes only.
 #[tokio::test]
 async fn postgres_rows_are_keyed_by_their_ids_alone() {
-    if crate::db::postgres_server().is_none() {
-        crate::db::skip_notice("store::postgres_rows_are_keyed_by_their_ids_alone");
+    let Some(db) = migrated_postgres("store::postgres_rows_are_keyed_by_their_ids_alone").await else {
         return;
-    }
-    let db = TestDb::new(Backend::Postgres).await.expect("a database");
-    tidings::store::open(&db.url).await.expect("open and migrate the store");
+    };
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
     for (table, key) in [("events", "id"), ("deliveries", "id"), ("attempts", "delivery_id, seq")] {
         let unique: Vec<(bool, String)> = sqlx::query_as(
