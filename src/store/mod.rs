@@ -343,6 +343,11 @@ impl SharedBodies {
         Ok(body)
     }
 
+    /// Keeps `body` as the copy of `event_id`'s body, unless one was made already.
+    pub(crate) fn insert(&mut self, event_id: &str, body: Bytes) {
+        self.0.entry(event_id.to_owned()).or_insert(body);
+    }
+
     /// The copy of `event_id`'s body, if one was made.
     pub(crate) fn get(&self, event_id: &str) -> Option<Bytes> {
         self.0.get(event_id).cloned()

@@ -1,7 +1,5 @@
 //! Row shapes of the PostgreSQL store, decoded by sqlx and turned into the store's records.
 
-use std::convert::Infallible;
-
 use bytes::Bytes;
 use secrecy::SecretString;
 
@@ -156,7 +154,7 @@ impl ClaimRow {
         let mut bodies = SharedBodies::default();
         for row in &mut rows {
             if let Some(payload) = row.payload.take() {
-                let _ = bodies.share(&row.event_id, || Ok::<_, Infallible>(Bytes::from(payload)));
+                bodies.insert(&row.event_id, Bytes::from(payload));
             }
         }
         rows.into_iter()

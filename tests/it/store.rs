@@ -426,9 +426,9 @@ async fn postgres_rows_are_keyed_by_their_ids_alone() {
         assert!(unique[0].0, "{table}: {unique:?}");
         assert!(unique[0].1.ends_with(&format!("btree ({key})")), "{table}: {unique:?}");
     }
-    let by_delivery: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE tablename = 'attempts'")
+    let indexes: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE tablename = 'attempts'")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(by_delivery, 1, "the key is the only index attempts need");
+    assert_eq!(indexes, 1, "the key is the only index attempts need");
 }
