@@ -32,6 +32,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    #[error("no organization {0}")]
+    UnknownOrganization(String),
     #[error("the transaction this write was grouped into failed: {0}")]
     Batch(String),
     #[error("the store is shutting down")]

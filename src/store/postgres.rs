@@ -3,7 +3,7 @@
 //! picks it up at once; updates of one candidate are serialized with a transaction-scoped advisory lock.
 //! Interview updates and attempt results are written in batches, a few statements per batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +97,7 @@ async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>, hando
         match apply_updates(&pool, &batch, Reservation::of(handoff.as_ref(), now_ms())).await {
             Ok(done) => {
                 for (job, update) in batch.drain(..).zip(done) {
-                    let _ = job.reply.send(Ok(update));
+                    let _ = job.reply.send(update);
                 }
             }
             Err(error) => {
@@ -110,14 +110,15 @@ async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>, hando
     }
 }
 
-/// Applies a batch of interview updates in one transaction. Every candidate in it is locked first, in one
-/// order for every process (so two processes' batches cannot deadlock), which serializes updates of a
-/// candidate across processes; updates of one candidate inside the batch apply in arrival order.
+/// Applies a batch of interview updates in one transaction, answering each job's outcome in order. Every
+/// candidate in it is locked first, in one order for every process (so two processes' batches cannot
+/// deadlock), which serializes updates of a candidate across processes; updates of one candidate inside the
+/// batch apply in arrival order. An update for an organization that does not exist fails alone.
 async fn apply_updates(
     pool: &PgPool,
     jobs: &[UpdateJob],
     mut reservation: Reservation,
-) -> Result<Vec<InterviewUpdate>> {
+) -> Result<Vec<Result<InterviewUpdate>>> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
     let mut keys: Vec<String> = jobs.iter().map(|j| format!("{}/{}", j.org, j.candidate_id)).collect();
@@ -128,6 +129,7 @@ async fn apply_updates(
         .execute(&mut *tx)
         .await?;
     let orgs: Vec<&str> = jobs.iter().map(|j| j.org.as_str()).collect();
+    let known = existing_orgs(&mut tx, &orgs).await?;
     let candidates: Vec<&str> = jobs.iter().map(|j| j.candidate_id.as_str()).collect();
     let stored: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT org_id, candidate_id, data FROM interviews \
@@ -147,6 +149,10 @@ async fn apply_updates(
     let mut events = EventColumns::default();
     let mut written: HashMap<(String, String), String> = HashMap::new();
     for job in jobs {
+        if !known.contains(&job.org) {
+            updates.push(Err(StoreError::UnknownOrganization(job.org.clone())));
+            continue;
+        }
         let key = (job.org.clone(), job.candidate_id.clone());
         let (interview, existed) =
             current.get(&key).cloned().unwrap_or_else(|| (Interview::empty(&job.candidate_id), false));
@@ -160,7 +166,7 @@ async fn apply_updates(
             events.push(&id, &job.org, &body);
             EventRecord { seq: 0, id, event_type: interview::EVENT_TYPE.to_owned(), payload: body, created_at: now }
         });
-        updates.push(InterviewUpdate { interview: applied.interview, event });
+        updates.push(Ok(InterviewUpdate { interview: applied.interview, event }));
     }
 
     // Interviews and their events in one statement (an event always comes with its interview written).
@@ -193,7 +199,7 @@ async fn apply_updates(
         .fetch_all(&mut *tx)
         .await?;
         let seqs: HashMap<String, i64> = seqs.into_iter().collect();
-        for event in updates.iter_mut().filter_map(|u| u.event.as_mut()) {
+        for event in updates.iter_mut().filter_map(|u| u.as_mut().ok()?.event.as_mut()) {
             event.seq = seqs.get(&event.id).copied().unwrap_or_default();
         }
         let events = events.id.into_iter().zip(events.org).zip(events.payload);
@@ -203,6 +209,16 @@ async fn apply_updates(
     tx.commit().await?;
     reservation.commit();
     Ok(updates)
+}
+
+/// Which of `orgs` exist, each locked against deletion until the transaction ends. Interviews and events do
+/// not check their organization row by row (migration 5): a write checks its organizations here, once.
+async fn existing_orgs(tx: &mut Tx, orgs: &[&str]) -> Result<HashSet<String>> {
+    let found: Vec<String> = sqlx::query_scalar("SELECT id FROM organizations WHERE id = ANY($1) FOR KEY SHARE")
+        .bind(orgs)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(found.into_iter().collect())
 }
 
 /// An event just inserted, whose deliveries are to be made.
@@ -344,6 +360,9 @@ impl PostgresStore {
         now: Millis,
         reservation: &mut Reservation,
     ) -> Result<EventRecord> {
+        if existing_orgs(tx, &[org]).await?.is_empty() {
+            return Err(StoreError::UnknownOrganization(org.to_owned()));
+        }
         let id = ids::new_id(ids::EVENT);
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO events (id, org_id, type, payload, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING seq",

@@ -347,6 +347,34 @@ on_both_stores! {
         assert_eq!(due.len(), 39, "each kept event has its delivery");
     }
 
+    /// Interview updates are committed in groups too: one for an organization that does not exist is refused
+    /// alone, and writes nothing; the updates grouped with it are kept, each with its event and delivery.
+    async fn an_update_for_an_unknown_organization_fails_alone() {
+        let f = fixture().await;
+        f.endpoint(true).await;
+        let patch = InterviewPatch::parse(&serde_json::json!({"interview_outcome": "qualified"})).unwrap();
+        let mut updates = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let (store, patch) = (f.store.clone(), patch.clone());
+            let org = if i == 20 { "org_missing".to_owned() } else { f.org.clone() };
+            updates.spawn(async move { (i, store.update_interview(&org, &format!("cand_{i}"), &patch).await.is_ok()) });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = updates.join_next().await {
+            outcomes.push(outcome.unwrap());
+        }
+        outcomes.sort();
+        for (i, ok) in &outcomes {
+            assert_eq!(*ok, *i != 20, "update {i}");
+        }
+        assert!(f.store.get_interview("org_missing", "cand_20").await.unwrap().is_none());
+        assert!(f.store.get_interview(&f.org, "cand_19").await.unwrap().is_some());
+        let events = f.store.list_events(&f.org, PageRequest { limit: 100, before: None }).await.unwrap();
+        assert_eq!(events.items.len(), 39);
+        let due = f.store.claim_due(NOW, NOW + 1_000, 100, &[]).await.unwrap();
+        assert_eq!(due.len(), 39, "each kept update has its delivery");
+    }
+
     /// A page's event types come in one lookup, only for the organization's own events.
     async fn event_types_are_read_for_a_page_of_the_organizations_events() {
         let f = fixture().await;
