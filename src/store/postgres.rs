@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -89,12 +89,53 @@ struct UpdateJob {
 /// Most interview updates committed in one transaction.
 const UPDATE_BATCH: usize = 256;
 
+/// Starts the group committer on a thread of its own, with a runtime and a connection of its own. Each batch is
+/// a handful of round trips to the database, and on the service's runtime the committer waited after every
+/// one of them behind the tasks serving requests and sending webhooks (half a millisecond or more each under
+/// load), which held every update in flight; its own thread is run by the system as soon as an answer comes.
+fn spawn_committer(
+    options: PgConnectOptions,
+    jobs: mpsc::Receiver<UpdateJob>,
+    handoff: Option<Arc<Handoff>>,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(cannot_start)?;
+    std::thread::Builder::new()
+        .name("pg-committer".into())
+        .spawn(move || runtime.block_on(commit_updates(options, jobs, handoff)))
+        .map_err(cannot_start)?;
+    Ok(())
+}
+
+/// The `application_name` of the committer's connection, as `pg_stat_activity` shows it.
+pub const COMMITTER_NAME: &str = "tidings-committer";
+
+fn cannot_start(error: std::io::Error) -> StoreError {
+    StoreError::Batch(format!("cannot start the update committer: {error}"))
+}
+
 /// The group committer: takes every update waiting and commits them in one transaction, in a handful of
-/// statements whatever their number.
-async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
+/// statements whatever their number. It connects when it first has work, and again after a batch fails (the
+/// connection may be what failed); a batch that cannot connect fails with that error.
+async fn commit_updates(options: PgConnectOptions, mut jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
+    let mut connection: Option<PgConnection> = None;
     let mut batch = Vec::with_capacity(UPDATE_BATCH);
     while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
-        match apply_updates(&pool, &batch, Reservation::of(handoff.as_ref(), now_ms())).await {
+        let reservation = Reservation::of(handoff.as_ref(), now_ms());
+        let outcome = match connection.take() {
+            Some(open) => Ok(open),
+            None => PgConnection::connect_with(&options).await.map_err(StoreError::from),
+        };
+        let outcome = match outcome {
+            Ok(mut open) => {
+                let done = apply_updates(&mut open, &batch, reservation).await;
+                if done.is_ok() {
+                    connection = Some(open);
+                }
+                done
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
             Ok(done) => {
                 for (job, update) in batch.drain(..).zip(done) {
                     let _ = job.reply.send(update);
@@ -115,21 +156,30 @@ async fn commit_updates(pool: PgPool, mut jobs: mpsc::Receiver<UpdateJob>, hando
 /// deadlock), which serializes updates of a candidate across processes; updates of one candidate inside the
 /// batch apply in arrival order. An update for an organization that does not exist fails alone.
 async fn apply_updates(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     jobs: &[UpdateJob],
     mut reservation: Reservation,
 ) -> Result<Vec<Result<InterviewUpdate>>> {
     let now = now_ms();
-    let mut tx = pool.begin().await?;
+    let mut tx = connection.begin().await?;
     let mut keys: Vec<String> = jobs.iter().map(|j| format!("{}/{}", j.org, j.candidate_id)).collect();
     keys.sort();
     keys.dedup();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k")
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await?;
     let orgs: Vec<&str> = jobs.iter().map(|j| j.org.as_str()).collect();
-    let known = existing_orgs(&mut tx, &orgs).await?;
+    // The candidates' locks, then the organizations that exist (locked against deletion), in one round trip:
+    // the locks are counted before any organization row can be answered.
+    let known: HashSet<String> = sqlx::query_scalar(
+        "WITH locked AS MATERIALIZED ( \
+           SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM unnest($1::text[]) AS k \
+         ) \
+         SELECT o.id FROM locked, organizations o WHERE o.id = ANY($2) FOR KEY SHARE OF o",
+    )
+    .bind(&keys)
+    .bind(&orgs)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
     let candidates: Vec<&str> = jobs.iter().map(|j| j.candidate_id.as_str()).collect();
     let stored: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT org_id, candidate_id, data FROM interviews \
@@ -211,14 +261,14 @@ async fn apply_updates(
     Ok(updates)
 }
 
-/// Which of `orgs` exist, each locked against deletion until the transaction ends. Interviews and events do
-/// not check their organization row by row (migration 5): a write checks its organizations here, once.
-async fn existing_orgs(tx: &mut Tx, orgs: &[&str]) -> Result<HashSet<String>> {
-    let found: Vec<String> = sqlx::query_scalar("SELECT id FROM organizations WHERE id = ANY($1) FOR KEY SHARE")
-        .bind(orgs)
-        .fetch_all(&mut **tx)
+/// Whether organization `org` exists, locking it against deletion until the transaction ends. Interviews and
+/// events do not check their organization row by row (migration 5): a write checks it once.
+async fn org_exists(tx: &mut Tx, org: &str) -> Result<bool> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM organizations WHERE id = $1 FOR KEY SHARE")
+        .bind(org)
+        .fetch_optional(&mut **tx)
         .await?;
-    Ok(found.into_iter().collect())
+    Ok(found.is_some())
 }
 
 /// An event just inserted, whose deliveries are to be made.
@@ -233,7 +283,7 @@ struct NewEvent {
 /// leased to this process and their claims added to it; if any are left for the queue, this process's workers
 /// and other processes are told on commit.
 async fn insert_deliveries(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     events: &[NewEvent],
     fanout: &Fanout,
     event_type: &str,
@@ -278,7 +328,7 @@ async fn insert_deliveries(
         .bind(reservation.room() as i64)
         .bind(reservation.until)
         .bind(&reservation.token)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?;
     let mut left_for_queue = false;
     let mut bodies = SharedBodies::default();
@@ -304,7 +354,7 @@ async fn insert_deliveries(
     if left_for_queue {
         // Other processes hear of them; this one's dispatcher is told directly once committed.
         reservation.leave_for_queue();
-        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut **tx).await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -346,7 +396,7 @@ impl PostgresStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         let (updates, jobs) = mpsc::channel(UPDATE_BATCH * 4);
-        tokio::spawn(commit_updates(pool.clone(), jobs, handoff.clone()));
+        spawn_committer(connect_options(url)?.application_name(COMMITTER_NAME), jobs, handoff.clone())?;
         Ok(Self { pool, updates, handoff })
     }
 
@@ -360,7 +410,7 @@ impl PostgresStore {
         now: Millis,
         reservation: &mut Reservation,
     ) -> Result<EventRecord> {
-        if existing_orgs(tx, &[org]).await?.is_empty() {
+        if !org_exists(tx, org).await? {
             return Err(StoreError::UnknownOrganization(org.to_owned()));
         }
         let id = ids::new_id(ids::EVENT);

@@ -460,3 +460,35 @@ async fn postgres_rows_are_keyed_by_their_ids_alone() {
         .unwrap();
     assert_eq!(indexes, 1, "the key is the only index attempts need");
 }
+
+/// The update committer has a connection of its own. When that connection is lost, the update that finds it
+/// broken fails and writes nothing, and the next one connects again and is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_updates_go_on_after_the_committers_connection_is_lost() {
+    let Some(db) = migrated_postgres("store::postgres_updates_go_on_after_the_committers_connection_is_lost").await
+    else {
+        return;
+    };
+    let store = tidings::store::open(&db.url).await.expect("open the store");
+    let org = store.create_org("Acme", &format!("hash-{}", rand::random::<u64>())).await.expect("org");
+    let patch = InterviewPatch::parse(&serde_json::json!({"interview_outcome": "qualified"})).unwrap();
+    store.update_interview(&org, "cand_before", &patch).await.expect("an update before the loss");
+
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(tidings::store::postgres::COMMITTER_NAME)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ended, [true], "the committer has one connection, and it is ended");
+
+    let broken = store.update_interview(&org, "cand_broken", &patch).await;
+    assert!(broken.is_err(), "the update that meets the lost connection fails");
+    assert!(store.get_interview(&org, "cand_broken").await.unwrap().is_none(), "and writes nothing");
+    let after = store.update_interview(&org, "cand_after", &patch).await.expect("the next update reconnects");
+    assert!(after.event.is_some());
+    assert!(store.get_interview(&org, "cand_after").await.unwrap().is_some());
+}
