@@ -106,6 +106,9 @@ fn spawn_committer(
     Ok(())
 }
 
+/// The longest the committer waits for a connection, as long as the pool waits for one of its own.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The `application_name` of the committer's connection, as `pg_stat_activity` shows it.
 pub const COMMITTER_NAME: &str = "tidings-committer";
 
@@ -123,7 +126,10 @@ async fn commit_updates(options: PgConnectOptions, mut jobs: mpsc::Receiver<Upda
         let reservation = Reservation::of(handoff.as_ref(), now_ms());
         let outcome = match connection.take() {
             Some(open) => Ok(open),
-            None => PgConnection::connect_with(&options).await.map_err(StoreError::from),
+            None => match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+                Ok(connected) => connected.map_err(StoreError::from),
+                Err(_) => Err(StoreError::Batch(format!("no connection to the database within {CONNECT_TIMEOUT:?}"))),
+            },
         };
         let outcome = match outcome {
             Ok(mut open) => {
@@ -391,7 +397,7 @@ impl PostgresStore {
     pub async fn open(url: &str, handoff: Option<Arc<Handoff>>) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(connect_options(url)?)
             .await?;
         MIGRATOR.run(&pool).await?;
