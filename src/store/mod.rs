@@ -36,6 +36,8 @@ pub enum StoreError {
     UnknownOrganization(String),
     #[error("the transaction this write was grouped into failed: {0}")]
     Batch(String),
+    #[error("cannot start the store: {0}")]
+    Start(String),
     #[error("the store is shutting down")]
     Closed,
 }

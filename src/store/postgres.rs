@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -98,61 +98,93 @@ fn spawn_committer(
     jobs: mpsc::Receiver<UpdateJob>,
     handoff: Option<Arc<Handoff>>,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(cannot_start)?;
+    let run = move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(Committer::new(options).run(jobs, handoff)),
+        // Dropping `jobs` answers every update `Closed`.
+        Err(error) => tracing::error!(%error, "cannot start the update committer"),
+    };
     std::thread::Builder::new()
         .name("pg-committer".into())
-        .spawn(move || runtime.block_on(commit_updates(options, jobs, handoff)))
-        .map_err(cannot_start)?;
+        .spawn(run)
+        .map_err(|e| StoreError::Start(format!("no thread for the update committer: {e}")))?;
     Ok(())
 }
 
 /// The longest the committer waits for a connection, as long as the pool waits for one of its own.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the committer's connection may sit unused before it is checked (one round trip) before a batch:
+/// a restart or an idle timeout may have closed it meanwhile, and the batch would fail on it.
+pub const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// The `application_name` of the committer's connection, as `pg_stat_activity` shows it.
 pub const COMMITTER_NAME: &str = "tidings-committer";
 
-fn cannot_start(error: std::io::Error) -> StoreError {
-    StoreError::Batch(format!("cannot start the update committer: {error}"))
+/// The group committer and its connection, opened when it first has work.
+struct Committer {
+    options: PgConnectOptions,
+    connection: Option<(PgConnection, Instant)>,
 }
 
-/// The group committer: takes every update waiting and commits them in one transaction, in a handful of
-/// statements whatever their number. It connects when it first has work, and again after a batch fails (the
-/// connection may be what failed); a batch that cannot connect fails with that error.
-async fn commit_updates(options: PgConnectOptions, mut jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
-    let mut connection: Option<PgConnection> = None;
-    let mut batch = Vec::with_capacity(UPDATE_BATCH);
-    while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
-        let reservation = Reservation::of(handoff.as_ref(), now_ms());
-        let outcome = match connection.take() {
-            Some(open) => Ok(open),
-            None => match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
-                Ok(connected) => connected.map_err(StoreError::from),
-                Err(_) => Err(StoreError::Batch(format!("no connection to the database within {CONNECT_TIMEOUT:?}"))),
-            },
-        };
-        let outcome = match outcome {
-            Ok(mut open) => {
-                let done = apply_updates(&mut open, &batch, reservation).await;
-                if done.is_ok() {
-                    connection = Some(open);
+impl Committer {
+    fn new(options: PgConnectOptions) -> Self {
+        Self { options, connection: None }
+    }
+
+    /// Takes every update waiting and commits them in one transaction, in a handful of statements whatever
+    /// their number, until the store is dropped.
+    async fn run(mut self, mut jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
+        let mut batch = Vec::with_capacity(UPDATE_BATCH);
+        while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
+            match self.commit(&batch, handoff.as_ref()).await {
+                Ok(done) => {
+                    for (job, update) in batch.drain(..).zip(done) {
+                        let _ = job.reply.send(update);
+                    }
                 }
-                done
-            }
-            Err(error) => Err(error),
-        };
-        match outcome {
-            Ok(done) => {
-                for (job, update) in batch.drain(..).zip(done) {
-                    let _ = job.reply.send(update);
+                Err(error) => {
+                    let message = error.to_string();
+                    for job in batch.drain(..) {
+                        let _ = job.reply.send(Err(StoreError::Batch(message.clone())));
+                    }
                 }
             }
-            Err(error) => {
-                let message = error.to_string();
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Batch(message.clone())));
-                }
-            }
+        }
+        if let Some((connection, _)) = self.connection.take() {
+            let _ = connection.close().await;
+        }
+    }
+
+    /// Commits one batch on the connection, opened or checked first as needed. After an error of the database
+    /// or of the connection (a lost connection may be reported either way) the connection is dropped: the
+    /// next batch connects again.
+    async fn commit(
+        &mut self,
+        batch: &[UpdateJob],
+        handoff: Option<&Arc<Handoff>>,
+    ) -> Result<Vec<Result<InterviewUpdate>>> {
+        let mut connection = self.connection().await?;
+        // Reserved once connected, so a slow connection attempt holds no places in the handoff.
+        let outcome = apply_updates(&mut connection, batch, Reservation::of(handoff, now_ms())).await;
+        if !matches!(outcome, Err(StoreError::Database(_))) {
+            self.connection = Some((connection, Instant::now()));
+        }
+        outcome
+    }
+
+    /// The open connection if it is still good, or a new one.
+    async fn connection(&mut self) -> Result<PgConnection> {
+        if let Some((mut open, last_used)) = self.connection.take()
+            && (last_used.elapsed() < CHECK_AFTER_IDLE || open.ping().await.is_ok())
+        {
+            return Ok(open);
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&self.options)).await {
+            Ok(connected) => Ok(connected?),
+            Err(_) => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection to the database within {CONNECT_TIMEOUT:?}"),
+            )))),
         }
     }
 }
@@ -265,16 +297,6 @@ async fn apply_updates(
     tx.commit().await?;
     reservation.commit();
     Ok(updates)
-}
-
-/// Whether organization `org` exists, locking it against deletion until the transaction ends. Interviews and
-/// events do not check their organization row by row (migration 5): a write checks it once.
-async fn org_exists(tx: &mut Tx, org: &str) -> Result<bool> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM organizations WHERE id = $1 FOR KEY SHARE")
-        .bind(org)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(found.is_some())
 }
 
 /// An event just inserted, whose deliveries are to be made.
@@ -416,20 +438,22 @@ impl PostgresStore {
         now: Millis,
         reservation: &mut Reservation,
     ) -> Result<EventRecord> {
-        if !org_exists(tx, org).await? {
-            return Err(StoreError::UnknownOrganization(org.to_owned()));
-        }
         let id = ids::new_id(ids::EVENT);
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (id, org_id, type, payload, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+        // Written only if its organization exists, which stays locked against deletion until the commit
+        // (events do not check it row by row: migration 5).
+        let seq: Option<i64> = sqlx::query_scalar(
+            "WITH o AS (SELECT 1 FROM organizations WHERE id = $2 FOR KEY SHARE) \
+             INSERT INTO events (id, org_id, type, payload, created_at) SELECT $1, $2, $3, $4, $5 FROM o \
+             RETURNING seq",
         )
         .bind(&id)
         .bind(org)
         .bind(event_type)
         .bind(payload)
         .bind(now)
-        .fetch_one(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
+        let seq = seq.ok_or_else(|| StoreError::UnknownOrganization(org.to_owned()))?;
         let new = [NewEvent { id: id.clone(), org: org.to_owned(), payload: payload.to_owned() }];
         insert_deliveries(tx, &new, fanout, event_type, now, reservation).await?;
         Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })

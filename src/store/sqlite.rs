@@ -251,7 +251,7 @@ impl SqliteStore {
         let (jobs, receiver) = mpsc::channel();
         let (committed, heard) = mpsc::sync_channel(1);
         let thread = |name: &str| std::thread::Builder::new().name(format!("sqlite-{name}"));
-        let cannot_start = |e: std::io::Error| StoreError::Corrupt(format!("cannot start a store thread: {e}"));
+        let cannot_start = |e: std::io::Error| StoreError::Start(format!("no thread for the store: {e}"));
         thread("checkpt").spawn(move || checkpoint_loop(checkpointer, heard)).map_err(cannot_start)?;
         thread("writer").spawn(move || write_loop(writer, receiver, committed)).map_err(cannot_start)?;
         let readers = Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(READERS) };
@@ -379,7 +379,8 @@ fn insert_event(
 ) -> Result<EventRecord> {
     let id = ids::new_id(ids::EVENT);
     c.prepare_cached("INSERT INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?)")?
-        .execute(params![id, org, event_type, payload, now])?;
+        .execute(params![id, org, event_type, payload, now])
+        .map_err(refused_for(org))?;
     let seq = c.last_insert_rowid();
     let mut targets = match fanout {
         Fanout::Subscribed => c.prepare_cached(
@@ -429,6 +430,17 @@ fn insert_event(
     Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
 }
 
+/// The error of a write of an interview or an event of `org`: the one reference either has is to their
+/// organization, so a foreign key refused means the organization does not exist.
+fn refused_for(org: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |error| match &error {
+        rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+            StoreError::UnknownOrganization(org.to_owned())
+        }
+        _ => error.into(),
+    }
+}
+
 /// Reads, diffs and writes one interview update, with its event when something changed.
 fn apply_update(
     c: &Connection,
@@ -455,7 +467,8 @@ fn apply_update(
         "INSERT INTO interviews (org_id, candidate_id, data, updated_at) VALUES (?, ?, ?, ?) \
          ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
     )?
-    .execute(params![org, candidate_id, applied.interview.to_json(), now])?;
+    .execute(params![org, candidate_id, applied.interview.to_json(), now])
+    .map_err(refused_for(org))?;
     let event = match &applied.event_body {
         Some(body) => Some(insert_event(c, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now, reservation)?),
         None => None,
