@@ -4,6 +4,7 @@
 //! Interview updates and attempt results are written in batches, a few statements per batch.
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -359,15 +360,16 @@ async fn insert_deliveries(
         .fetch_all(&mut *tx)
         .await?;
     let mut left_for_queue = false;
+    let texts: HashMap<&str, &str> = events.iter().map(|e| (e.id.as_str(), e.payload.as_str())).collect();
     let mut bodies = SharedBodies::default();
     for row in rows {
         if !row.leased || !reservation.has_room() {
             left_for_queue |= !row.leased;
             continue;
         }
-        let event = || events.iter().find(|e| e.id == row.event_id);
-        let body = || event().map(|e| Bytes::copy_from_slice(e.payload.as_bytes())).ok_or(());
-        let Ok(payload) = bodies.share(&row.event_id, body) else { continue };
+        // Every row is of one of `events`: its body is copied once, the first time one of its rows is leased.
+        let Some(text) = texts.get(row.event_id.as_str()) else { continue };
+        let Ok(payload) = bodies.share(&row.event_id, || Ok::<_, Infallible>(Bytes::copy_from_slice(text.as_bytes())));
         reservation.push(Handed {
             secrets: signing_secrets(row.secret, row.previous_secret, row.previous_secret_until, now),
             url: row.url,
@@ -481,7 +483,7 @@ impl PostgresStore {
         // One statement for the whole batch. An attempt is logged for the deliveries the statement updated,
         // numbered by the count it set, so a delivery deleted meanwhile gets none. A delivery twice in one batch
         // (a stale lease's result beside the newer one) would be updated only once, so such a batch is split.
-        let mut seen = std::collections::HashSet::with_capacity(results.len());
+        let mut seen = HashSet::with_capacity(results.len());
         if let Some(split) = results.iter().position(|r| !seen.insert(r.delivery_id.as_str())) {
             Box::pin(self.record_slice(&results[..split])).await?;
             return Box::pin(self.record_slice(&results[split..])).await;
