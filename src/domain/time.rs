@@ -7,7 +7,11 @@ pub type Millis = i64;
 
 /// The current time in [`Millis`].
 pub fn now_ms() -> Millis {
-    Utc::now().timestamp_millis()
+    // Straight from the system clock: called for every write and attempt, where chrono's calendar is not needed.
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => since.as_millis() as Millis,
+        Err(before) => -(before.duration().as_millis() as Millis),
+    }
 }
 
 /// `2026-01-02T03:04:05.678Z`: how the API writes service timestamps.

@@ -204,13 +204,19 @@ on_both_stores! {
         assert!(page.items.iter().all(|d| d.endpoint_id == kept));
         let (_, attempts) = f.store.get_delivery(&f.org, &others[0].delivery_id).await.unwrap().unwrap();
         assert_eq!(attempts.len(), 1, "the other endpoint's log is kept");
-        if Backend::current() == Backend::Postgres {
-            // Nothing checks references on PostgreSQL: the delete itself must leave no attempt behind.
-            use sqlx::Connection;
-            let mut connection = sqlx::PgConnection::connect(&f.db.url).await.unwrap();
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(&mut connection).await.unwrap();
-            assert_eq!(left, 3, "only the kept endpoint's attempts remain");
-        }
+        // Neither store checks references on these tables: the delete itself must leave no attempt behind.
+        let left: i64 = match Backend::current() {
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let mut connection = sqlx::PgConnection::connect(&f.db.url).await.unwrap();
+                sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(&mut connection).await.unwrap()
+            }
+            Backend::Sqlite => rusqlite::Connection::open(&f.db.url)
+                .unwrap()
+                .query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))
+                .unwrap(),
+        };
+        assert_eq!(left, 3, "only the kept endpoint's attempts remain");
     }
 
     /// Lists are newest first and their cursors walk every row once.
@@ -557,4 +563,80 @@ async fn postgres_updates_go_on_after_the_committers_connection_is_lost() {
     for candidate in ["cand_before", "cand_after_idle", "cand_after"] {
         assert!(store.get_interview(&org, candidate).await.unwrap().is_some(), "{candidate}");
     }
+}
+
+/// A SQLite database written by a version before migration 3 keeps every row when it drops the foreign keys of
+/// the tables written per webhook: the queue, the attempts log and the interviews read as before, the
+/// indexes are back, and deleting an endpoint still takes its deliveries and their attempts.
+#[tokio::test]
+async fn sqlite_migration_3_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidings.db").to_string_lossy().into_owned();
+    let (org, endpoint) = ("org_0000000000010000000000aa", "ep_0000000000010000000000aa");
+    let (event, pending, done) =
+        ("evt_0000000000010000000000aa", "dlv_0000000000010000000000aa", "dlv_0000000000010000000000bb");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA foreign_keys = ON; CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);")
+            .unwrap();
+        c.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql")).unwrap();
+        c.execute_batch(include_str!("../../migrations/sqlite/0002_lease_column.sql")).unwrap();
+        c.execute_batch(&format!(
+            "INSERT INTO schema_migrations VALUES (1), (2);
+             INSERT INTO organizations (id, name, created_at) VALUES ('{org}', 'Acme', 1);
+             INSERT INTO endpoints (id, org_id, url, description, event_types, enabled, secret, created_at, updated_at)
+                 VALUES ('{endpoint}', '{org}', 'http://127.0.0.1:9/hook', '', '[\"{EVENT_TYPE}\"]', 1,
+                         'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 1, 1);
+             INSERT INTO interviews VALUES ('{org}', 'cand_1', '{{\"candidate_id\":\"cand_1\"}}', 1);
+             INSERT INTO events (id, org_id, type, payload, created_at) VALUES ('{event}', '{org}', '{EVENT_TYPE}', '{{\"n\":1}}', 1);
+             INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, created_at, updated_at)
+                 VALUES ('{pending}', '{org}', '{event}', '{endpoint}', 'pending', 5, 5, 1, 1);
+             INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, attempt_count, scheduled_count, created_at, updated_at)
+                 VALUES ('{done}', '{org}', '{event}', '{endpoint}', 'succeeded', 1, 1, 1, 2);
+             INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, response_body)
+                 VALUES ('{done}', 1, 'scheduled', 2, 3, 200, 'ok');"
+        ))
+        .unwrap();
+    }
+    let store = tidings::store::open(&path).await.expect("open and migrate the store");
+
+    let (delivery, attempts) = store.get_delivery(org, done).await.unwrap().expect("the finished delivery");
+    assert_eq!((delivery.status, delivery.attempt_count), (DeliveryStatus::Succeeded, 1));
+    assert_eq!(attempts.len(), 1);
+    assert_eq!((attempts[0].status_code, attempts[0].response_body.as_str()), (Some(200), "ok"));
+    let events = store.list_events(org, PageRequest { limit: 10, before: None }).await.unwrap();
+    assert_eq!(events.items.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>(), ["{\"n\":1}"]);
+    assert!(store.get_interview(org, "cand_1").await.unwrap().is_some());
+    let claims = store.claim_due(10, 1_000, 10, &[]).await.unwrap();
+    assert_eq!(claims.iter().map(|c| c.delivery_id.as_str()).collect::<Vec<_>>(), [pending], "the queue is intact");
+    assert_eq!(claims[0].payload, "{\"n\":1}");
+
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        for table in ["interviews", "events", "deliveries", "attempts"] {
+            let keys: i64 = c
+                .query_row(&format!("SELECT count(*) FROM pragma_foreign_key_list('{table}')"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(keys, 0, "{table} declares no foreign key");
+        }
+        let indexes: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('deliveries_due', \
+                 'deliveries_by_org', 'deliveries_by_endpoint', 'deliveries_by_event', 'events_by_org', \
+                 'attempts_by_delivery')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 6, "every index is built again");
+    }
+
+    assert!(store.delete_endpoint(org, endpoint).await.unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let left: (i64, i64) = c
+        .query_row("SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM attempts)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(left, (0, 0), "the endpoint's deliveries and attempts went with it");
 }
