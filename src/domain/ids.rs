@@ -59,6 +59,17 @@ mod tests {
     }
 
     #[test]
+    fn ids_start_with_the_time_they_were_made() {
+        let before = crate::domain::time::now_ms();
+        let id = new_id(DELIVERY);
+        let after = crate::domain::time::now_ms();
+        let made = i64::from_str_radix(&id[4..16], 16).unwrap();
+        assert!((before..=after).contains(&made), "{id} made at {made}, not in {before}..={after}");
+        assert!(id[16..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
+        assert_ne!(id[16..], new_id(DELIVERY)[16..], "the random part differs");
+    }
+
+    #[test]
     fn later_ids_sort_later() {
         let first = new_id(EVENT);
         std::thread::sleep(std::time::Duration::from_millis(2));
