@@ -50,6 +50,8 @@ pub struct InterviewPatch {
 pub struct Applied {
     /// The interview after the update.
     pub interview: Interview,
+    /// Its stored form ([`Interview::to_json`]), which the event body carries as its `data`.
+    pub data: String,
     /// The body of the `interview.updated` event, or `None` when nothing changed.
     pub event_body: Option<String>,
 }
@@ -132,12 +134,22 @@ impl Interview {
             .map(|(index, name)| (*name, Change { from: self.field(index), to: next.field(index) }))
             .filter(|(_, change)| change.from != change.to)
             .collect();
-        // Written straight from the two states, with no JSON tree built and copied on the way.
+        // Written straight from the two states, with no JSON tree built and copied on the way, and with the
+        // interview serialized once for both the store and the body. The keys in the contract's order.
+        let data = next.to_json();
         let event_body = (!changed.is_empty()).then(|| {
-            let body = Body { event: BODY_EVENT, changes: Changes(&changed), data: &next };
-            serde_json::to_string(&body).unwrap_or_default()
+            let changes = serde_json::to_string(&Changes(&changed)).unwrap_or_default();
+            let mut body = String::with_capacity(data.len() + changes.len() + 48);
+            body.push_str(r#"{"event":""#);
+            body.push_str(BODY_EVENT);
+            body.push_str(r#"","changes":"#);
+            body.push_str(&changes);
+            body.push_str(r#","data":"#);
+            body.push_str(&data);
+            body.push('}');
+            body
         });
-        Applied { interview: next, event_body }
+        Applied { interview: next, data, event_body }
     }
 }
 
@@ -163,14 +175,6 @@ impl Serialize for Changes<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.0.iter().map(|(name, change)| (name, change)))
     }
-}
-
-/// The `interview.updated` body, in the contract's key order.
-#[derive(Serialize)]
-struct Body<'a> {
-    event: &'a str,
-    changes: Changes<'a>,
-    data: &'a Interview,
 }
 
 impl InterviewPatch {
@@ -245,8 +249,10 @@ mod tests {
     #[test]
     fn first_write_diffs_against_all_null() {
         let applied = Interview::empty("c1").apply(&patch(json!({"interview_summary": "hi"})));
+        assert_eq!(applied.data, applied.interview.to_json(), "the stored form");
         let body: Value = serde_json::from_str(&applied.event_body.unwrap()).unwrap();
         assert_eq!(body["changes"], json!({"interview_summary": {"from": null, "to": "hi"}}));
+        assert_eq!(body["data"], serde_json::from_str::<Value>(&applied.data).unwrap());
         assert_eq!(body["data"]["interview_outcome"], Value::Null);
         assert_eq!(body["data"]["candidate_id"], "c1");
     }

@@ -247,7 +247,7 @@ async fn apply_updates(
             current.get(&key).cloned().unwrap_or_else(|| (Interview::empty(&job.candidate_id), false));
         let applied = interview.apply(&job.patch);
         if !existed || applied.event_body.is_some() {
-            written.insert(key.clone(), applied.interview.to_json());
+            written.insert(key.clone(), applied.data);
             current.insert(key, (applied.interview.clone(), true));
         }
         let event = applied.event_body.map(|body| {

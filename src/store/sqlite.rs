@@ -3,7 +3,9 @@
 //! disk sync for many writes, and no hand-off between threads per statement. Reads run on a few reader
 //! connections beside it, which WAL allows.
 
+use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::types::Type;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, PrepFlags, Row, Statement, params};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 
@@ -50,7 +52,7 @@ const EVENT_COLUMNS: &str = "seq, id, type, payload, created_at";
 trait Job: Send {
     /// Runs the write inside the group transaction and says whether it succeeded. It may run again after the
     /// transaction was rolled back, so it keeps nothing from an earlier run.
-    fn run(&mut self, connection: &Connection) -> bool;
+    fn run(&mut self, tx: &Tx<'_>) -> bool;
     /// Answers the caller once the transaction has ended (`commit_error` when the commit failed).
     fn finish(self: Box<Self>, commit_error: Option<&str>);
 }
@@ -66,14 +68,14 @@ struct Write<T, F> {
 impl<T, F> Job for Write<T, F>
 where
     T: Send,
-    F: FnMut(&Connection, &mut Reservation) -> Result<T> + Send,
+    F: FnMut(&Tx<'_>, &mut Reservation) -> Result<T> + Send,
 {
-    fn run(&mut self, connection: &Connection) -> bool {
+    fn run(&mut self, tx: &Tx<'_>) -> bool {
         // An earlier run's reservation gives its places back here.
         self.outcome = None;
         let now = now_ms();
         let mut reservation = Reservation::of(self.handoff.as_ref(), now);
-        let result = (self.f)(connection, &mut reservation);
+        let result = (self.f)(tx, &mut reservation);
         reservation.settle();
         let ok = result.is_ok();
         self.outcome = Some((result, reservation));
@@ -92,6 +94,108 @@ where
             }
         };
         let _ = self.answer.send(result);
+    }
+}
+
+/// The statements run for every webhook, kept prepared by the writer for as long as it runs: fetching them
+/// from rusqlite's statement cache hashes their text twice per use, which cost the writer a twentieth of its
+/// time.
+#[derive(Clone, Copy)]
+enum Hot {
+    /// The interview of (`?1` organization, `?2` candidate), and whether the organization exists (no row).
+    ReadInterview,
+    UpsertInterview,
+    InsertEvent,
+    SubscribedEndpoints,
+    OneEndpoint,
+    InsertDelivery,
+    LogAttempt,
+    AdvanceDelivery,
+}
+
+impl Hot {
+    const COUNT: usize = 8;
+
+    fn sql(self) -> &'static str {
+        match self {
+            // The organization check rides on the interview's read: the tables written per update check no
+            // foreign keys, and no row means no organization.
+            Hot::ReadInterview => {
+                "SELECT i.data FROM organizations o \
+                 LEFT JOIN interviews i ON i.org_id = o.id AND i.candidate_id = ?2 WHERE o.id = ?1"
+            }
+            Hot::UpsertInterview => {
+                "INSERT OR FAIL INTO interviews (org_id, candidate_id, data, updated_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at"
+            }
+            Hot::InsertEvent => {
+                "INSERT OR FAIL INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?)"
+            }
+            Hot::SubscribedEndpoints => {
+                "SELECT id, enabled, url, secret, previous_secret, previous_secret_until FROM endpoints \
+                 WHERE org_id = ?1 AND enabled = 1 AND EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?2)"
+            }
+            Hot::OneEndpoint => {
+                "SELECT id, enabled, url, secret, previous_secret, previous_secret_until FROM endpoints \
+                 WHERE org_id = ?1 AND id = ?2"
+            }
+            Hot::InsertDelivery => {
+                "INSERT OR FAIL INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
+                 lease_until, lease_token, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?5, ?5)"
+            }
+            // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile.
+            Hot::LogAttempt => {
+                "INSERT OR FAIL INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, \
+                 error, response_body) SELECT id, attempt_count + 1, ?, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?"
+            }
+            Hot::AdvanceDelivery => {
+                "UPDATE OR FAIL deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
+                   scheduled_count = scheduled_count + CASE WHEN lease_token = ?2 THEN ?3 ELSE 0 END, \
+                   status = CASE WHEN lease_token = ?2 THEN ?4 ELSE status END, \
+                   next_attempt_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE next_attempt_at END, \
+                   run_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE run_at END, \
+                   lease_until = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_until END, \
+                   manual = CASE WHEN lease_token = ?2 THEN 0 ELSE manual END, \
+                   lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
+                 WHERE id = ?6"
+            }
+        }
+    }
+}
+
+/// The writer's connection as its writes see it: the connection itself, and the [`Hot`] statements.
+pub struct Tx<'c> {
+    connection: &'c Connection,
+    hot: [RefCell<Option<Statement<'c>>>; Hot::COUNT],
+}
+
+impl<'c> Tx<'c> {
+    fn new(connection: &'c Connection) -> Self {
+        Self { connection, hot: Default::default() }
+    }
+
+    /// One of the hot statements, prepared on first use. Two may be in use at once, not the same one twice.
+    fn hot(&self, which: Hot) -> Result<RefMut<'_, Statement<'c>>> {
+        let slot = self.hot[which as usize]
+            .try_borrow_mut()
+            .map_err(|_| StoreError::Corrupt("a prepared statement was asked for while in use".into()))?;
+        let mut slot = match RefMut::filter_map(slot, Option::as_mut) {
+            Ok(statement) => return Ok(statement),
+            Err(empty) => empty,
+        };
+        // Persistent, as rusqlite's cache prepares them: a statement kept for good that held lookaside memory
+        // would leave too little of it for every other statement's values.
+        *slot = Some(self.connection.prepare_with_flags(which.sql(), PrepFlags::SQLITE_PREPARE_PERSISTENT)?);
+        Ok(RefMut::map(slot, |s| s.as_mut().expect("just prepared")))
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection
     }
 }
 
@@ -164,6 +268,7 @@ fn migrate(connection: &mut Connection) -> Result<()> {
 /// The writer thread: waits for a write, takes every other one waiting, runs them in one transaction,
 /// commits once, tells the checkpointer, then answers them all.
 fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, committed: mpsc::SyncSender<()>) {
+    let tx = Tx::new(&connection);
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < WRITE_BATCH {
@@ -172,7 +277,7 @@ fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, commit
                 Err(_) => break,
             }
         }
-        let commit_error = run_batch(&connection, &mut batch);
+        let commit_error = run_batch(&tx, &mut batch);
         // Full when the checkpointer has already been told.
         let _ = committed.try_send(());
         for job in batch {
@@ -200,7 +305,7 @@ fn checkpoint_loop(connection: Connection, committed: mpsc::Receiver<()>) {
 /// that fails is undone alone. (A savepoint around every write would copy each page it touches, on every
 /// write: a tenth of the writer's time.) For the same reason the statements run for every webhook say
 /// `OR FAIL`: no statement is ever undone alone, so SQLite need not journal the pages each one changes.
-fn run_batch(connection: &Connection, batch: &mut [Box<dyn Job>]) -> Option<String> {
+fn run_batch(connection: &Tx<'_>, batch: &mut [Box<dyn Job>]) -> Option<String> {
     if connection.execute_batch("BEGIN IMMEDIATE").is_ok() {
         if batch.iter_mut().all(|job| job.run(connection)) {
             return commit(connection);
@@ -262,10 +367,7 @@ impl SqliteStore {
 
     /// Runs `f` on the writer thread, in the next group transaction; answers once that has committed. `f` may
     /// run more than once (see [`run_batch`]).
-    async fn write<T: Send + 'static>(
-        &self,
-        mut f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn write<T: Send + 'static>(&self, mut f: impl FnMut(&Tx<'_>) -> Result<T> + Send + 'static) -> Result<T> {
         // It makes no deliveries, so it reserves nothing in the handoff.
         self.submit(None, move |c, _| f(c)).await
     }
@@ -275,7 +377,7 @@ impl SqliteStore {
     /// (on the writer thread, so they are handed over even if the caller has stopped waiting).
     async fn write_handing_off<T: Send + 'static>(
         &self,
-        f: impl FnMut(&Connection, &mut Reservation) -> Result<T> + Send + 'static,
+        f: impl FnMut(&Tx<'_>, &mut Reservation) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         self.submit(self.handoff.clone(), f).await
     }
@@ -284,7 +386,7 @@ impl SqliteStore {
     async fn submit<T: Send + 'static>(
         &self,
         handoff: Option<Arc<Handoff>>,
-        f: impl FnMut(&Connection, &mut Reservation) -> Result<T> + Send + 'static,
+        f: impl FnMut(&Tx<'_>, &mut Reservation) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (answer, answered) = oneshot::channel();
         let job = Write { f, handoff, outcome: None, answer };
@@ -371,7 +473,7 @@ fn attempt(row: &Row) -> rusqlite::Result<AttemptRecord> {
 /// Inserts an event and its deliveries. Deliveries to enabled endpoints are leased to this process while
 /// `reservation` has room, and their claims added to it; the rest wait in the queue for any worker.
 fn insert_event(
-    c: &Connection,
+    c: &Tx<'_>,
     org: &str,
     event_type: &str,
     payload: &str,
@@ -380,29 +482,14 @@ fn insert_event(
     reservation: &mut Reservation,
 ) -> Result<EventRecord> {
     let id = ids::new_id(ids::EVENT);
-    c.prepare_cached("INSERT OR FAIL INTO events (id, org_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?)")?
-        .execute(params![id, org, event_type, payload, now])?;
+    c.hot(Hot::InsertEvent)?.execute(params![id, org, event_type, payload, now])?;
     let seq = c.last_insert_rowid();
-    let mut targets = match fanout {
-        Fanout::Subscribed => c.prepare_cached(
-            "SELECT id, enabled, url, secret, previous_secret, previous_secret_until FROM endpoints \
-             WHERE org_id = ?1 AND enabled = 1 AND EXISTS (SELECT 1 FROM json_each(event_types) WHERE value = ?2)",
-        )?,
-        Fanout::Endpoint(_) => c.prepare_cached(
-            "SELECT id, enabled, url, secret, previous_secret, previous_secret_until FROM endpoints \
-             WHERE org_id = ?1 AND id = ?2",
-        )?,
-    };
-    let target = match fanout {
-        Fanout::Subscribed => event_type,
-        Fanout::Endpoint(endpoint) => endpoint.as_str(),
+    let (mut targets, target) = match fanout {
+        Fanout::Subscribed => (c.hot(Hot::SubscribedEndpoints)?, event_type),
+        Fanout::Endpoint(endpoint) => (c.hot(Hot::OneEndpoint)?, endpoint.as_str()),
     };
     let mut rows = targets.query(params![org, target])?;
-    let mut insert = c.prepare_cached(
-        "INSERT OR FAIL INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
-         lease_until, \
-         lease_token, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?5, ?5)",
-    )?;
+    let mut insert = c.hot(Hot::InsertDelivery)?;
     // One copy of the body for every claim of this event.
     let body = reservation.has_room().then(|| Bytes::copy_from_slice(payload.as_bytes()));
     while let Some(row) = rows.next()? {
@@ -441,20 +528,15 @@ fn check_organization(c: &Connection, org: &str) -> Result<()> {
 
 /// Reads, diffs and writes one interview update, with its event when something changed.
 fn apply_update(
-    c: &Connection,
+    c: &Tx<'_>,
     org: &str,
     candidate_id: &str,
     patch: &InterviewPatch,
     reservation: &mut Reservation,
 ) -> Result<InterviewUpdate> {
     let now = now_ms();
-    // No row: the organization does not exist (the tables written per update check no foreign keys). The
-    // same statement reads the interview, so the check costs no statement of its own.
     let stored: Option<String> = c
-        .prepare_cached(
-            "SELECT i.data FROM organizations o \
-             LEFT JOIN interviews i ON i.org_id = o.id AND i.candidate_id = ?2 WHERE o.id = ?1",
-        )?
+        .hot(Hot::ReadInterview)?
         .query_row(params![org, candidate_id], |r| r.get(0))
         .optional()?
         .ok_or_else(|| StoreError::UnknownOrganization(org.to_owned()))?;
@@ -467,11 +549,7 @@ fn apply_update(
     if existed && applied.event_body.is_none() {
         return Ok(InterviewUpdate { interview: applied.interview, event: None });
     }
-    c.prepare_cached(
-        "INSERT OR FAIL INTO interviews (org_id, candidate_id, data, updated_at) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (org_id, candidate_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-    )?
-    .execute(params![org, candidate_id, applied.interview.to_json(), now])?;
+    c.hot(Hot::UpsertInterview)?.execute(params![org, candidate_id, applied.data, now])?;
     let event = match &applied.event_body {
         Some(body) => Some(insert_event(c, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now, reservation)?),
         None => None,
@@ -831,22 +909,7 @@ impl Store for SqliteStore {
     async fn record_attempts(&self, results: Arc<[AttemptResult]>) -> Result<()> {
         self.write(move |c| {
             let now = now_ms();
-            // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile.
-            let mut log = c.prepare_cached(
-                "INSERT OR FAIL INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
-                 response_body) SELECT id, attempt_count + 1, ?, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?",
-            )?;
-            let mut advance = c.prepare_cached(
-                "UPDATE OR FAIL deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
-                   scheduled_count = scheduled_count + CASE WHEN lease_token = ?2 THEN ?3 ELSE 0 END, \
-                   status = CASE WHEN lease_token = ?2 THEN ?4 ELSE status END, \
-                   next_attempt_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE next_attempt_at END, \
-                   run_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE run_at END, \
-                   lease_until = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_until END, \
-                   manual = CASE WHEN lease_token = ?2 THEN 0 ELSE manual END, \
-                   lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
-                 WHERE id = ?6",
-            )?;
+            let (mut log, mut advance) = (c.hot(Hot::LogAttempt)?, c.hot(Hot::AdvanceDelivery)?);
             for result in results.iter() {
                 let a = &result.attempt;
                 log.execute(params![
