@@ -4,11 +4,11 @@
 //! connections beside it, which WAL allows.
 
 use std::cell::{RefCell, RefMut};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,6 +36,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
 
 /// Most writes committed in one transaction.
 const WRITE_BATCH: usize = 512;
+/// How long a transaction takes on more waiting writes before it commits: an update fanned out to fifty
+/// endpoints writes fifty deliveries, and sixty-four of them at once would hold the attempts' results (and
+/// with them the slots of the next attempts) for tens of milliseconds.
+const WRITE_TIME: Duration = Duration::from_millis(4);
 /// Reader connections kept open.
 const READERS: usize = 4;
 /// How long the checkpointer rests after each checkpoint: while writes keep coming, it copies the log into the
@@ -53,6 +57,12 @@ trait Job: Send {
     /// Runs the write inside the group transaction and says whether it succeeded. It may run again after the
     /// transaction was rolled back, so it keeps nothing from an earlier run.
     fn run(&mut self, tx: &Tx<'_>) -> bool;
+    /// Whether the write must be on disk before it is answered. Only leases need not be (see
+    /// [`SqliteStore::write_lease`]).
+    fn durable(&self) -> bool;
+    /// Whether the write goes ahead of the others waiting: the workers' writes (claims, releases, results),
+    /// which hold attempts in flight, and of which there are only ever a few waiting.
+    fn first(&self) -> bool;
     /// Answers the caller once the transaction has ended (`commit_error` when the commit failed).
     fn finish(self: Box<Self>, commit_error: Option<&str>);
 }
@@ -60,6 +70,8 @@ trait Job: Send {
 /// A write made of a closure, its last outcome, and where the answer goes.
 struct Write<T, F> {
     f: F,
+    durable: bool,
+    first: bool,
     handoff: Option<Arc<Handoff>>,
     outcome: Option<(Result<T>, Reservation)>,
     answer: oneshot::Sender<Result<T>>,
@@ -80,6 +92,14 @@ where
         let ok = result.is_ok();
         self.outcome = Some((result, reservation));
         ok
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
+    fn first(&self) -> bool {
+        self.first
     }
 
     fn finish(self: Box<Self>, commit_error: Option<&str>) {
@@ -265,19 +285,29 @@ fn migrate(connection: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// The writer thread: waits for a write, takes every other one waiting, runs them in one transaction,
-/// commits once, tells the checkpointer, then answers them all.
+/// The writer thread: waits for a write, takes every other one waiting (the workers' first), runs them in one
+/// transaction for up to [`WRITE_TIME`], commits once, tells the checkpointer, then answers those it ran. The
+/// rest wait for the next transaction, ahead of later writes.
 fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, committed: mpsc::SyncSender<()>) {
     let tx = Tx::new(&connection);
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < WRITE_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let (mut first, mut rest) = (VecDeque::new(), VecDeque::new());
+    loop {
+        if first.is_empty() && rest.is_empty() {
+            match jobs.recv() {
+                Ok(job) => rest.push_back(job),
+                Err(_) => return,
             }
         }
-        let commit_error = run_batch(&tx, &mut batch);
+        while let Ok(job) = jobs.try_recv() {
+            if job.first() { first.push_back(job) } else { rest.push_back(job) }
+        }
+        let mut batch: Vec<Box<dyn Job>> = first.drain(..).collect();
+        let room = WRITE_BATCH.saturating_sub(batch.len()).min(rest.len());
+        batch.extend(rest.drain(..room));
+        let (commit_error, not_run) = run_batch(&tx, &mut batch);
+        for job in not_run.into_iter().rev() {
+            rest.push_front(job);
+        }
         // Full when the checkpointer has already been told.
         let _ = committed.try_send(());
         for job in batch {
@@ -299,19 +329,35 @@ fn checkpoint_loop(connection: Connection, committed: mpsc::Receiver<()>) {
     }
 }
 
-/// Runs a batch of writes in one transaction and commits it; answers the commit's error, if any. Writes
-/// almost always succeed, so they first run side by side with nothing in between. If one fails, that
+/// Runs a batch of writes in one transaction and commits it; answers the commit's error, if any, and the writes
+/// it left for the next transaction: those after [`WRITE_TIME`] had passed (and after a write that failed).
+/// Writes almost always succeed, so they first run side by side with nothing in between. If one fails, that
 /// transaction is rolled back and the batch runs again with each write in a savepoint of its own, so the one
 /// that fails is undone alone. (A savepoint around every write would copy each page it touches, on every
 /// write: a tenth of the writer's time.) For the same reason the statements run for every webhook say
 /// `OR FAIL`: no statement is ever undone alone, so SQLite need not journal the pages each one changes.
-fn run_batch(connection: &Tx<'_>, batch: &mut [Box<dyn Job>]) -> Option<String> {
+fn run_batch(connection: &Tx<'_>, batch: &mut Vec<Box<dyn Job>>) -> (Option<String>, Vec<Box<dyn Job>>) {
+    let mut not_run = Vec::new();
     if connection.execute_batch("BEGIN IMMEDIATE").is_ok() {
-        if batch.iter_mut().all(|job| job.run(connection)) {
-            return commit(connection);
+        let started = Instant::now();
+        let (mut ran, mut failed) = (0, false);
+        for job in batch.iter_mut() {
+            ran += 1;
+            if !job.run(connection) {
+                failed = true;
+                break;
+            }
+            if started.elapsed() >= WRITE_TIME {
+                break;
+            }
+        }
+        not_run = batch.split_off(ran);
+        if !failed {
+            return (commit(connection, batch.iter().any(|job| job.durable())), not_run);
         }
         let _ = connection.execute_batch("ROLLBACK");
     }
+    let durable = batch.iter().any(|job| job.durable());
     let in_transaction = connection.execute_batch("BEGIN IMMEDIATE").is_ok();
     for job in batch.iter_mut() {
         // Outside a transaction (BEGIN failed) a savepoint is a transaction of its own.
@@ -321,15 +367,24 @@ fn run_batch(connection: &Tx<'_>, batch: &mut [Box<dyn Job>]) -> Option<String> 
         }
         let _ = run_cached(connection, "RELEASE job");
     }
-    if in_transaction { commit(connection) } else { None }
+    (if in_transaction { commit(connection, durable) } else { None }, not_run)
 }
 
-/// Commits the open transaction; answers its error after rolling back.
-fn commit(connection: &Connection) -> Option<String> {
-    connection.execute_batch("COMMIT").err().map(|e| {
+/// Commits the open transaction; answers its error after rolling back. A transaction that is not `durable`
+/// commits without syncing the log: the next durable commit syncs it along with its own (the log is written
+/// in order), and a crash before then loses only it.
+fn commit(connection: &Connection, durable: bool) -> Option<String> {
+    if !durable {
+        let _ = run_cached(connection, "PRAGMA synchronous = NORMAL");
+    }
+    let error = connection.execute_batch("COMMIT").err().map(|e| {
         let _ = connection.execute_batch("ROLLBACK");
         e.to_string()
-    })
+    });
+    if !durable {
+        let _ = run_cached(connection, "PRAGMA synchronous = FULL");
+    }
+    error
 }
 
 /// The file a `--database` value names: a plain path, or a `sqlite:` / `sqlite://` URL (any `?options` ignored).
@@ -369,7 +424,20 @@ impl SqliteStore {
     /// run more than once (see [`run_batch`]).
     async fn write<T: Send + 'static>(&self, mut f: impl FnMut(&Tx<'_>) -> Result<T> + Send + 'static) -> Result<T> {
         // It makes no deliveries, so it reserves nothing in the handoff.
-        self.submit(None, move |c, _| f(c)).await
+        self.submit(true, false, None, move |c, _| f(c)).await
+    }
+
+    /// Like [`Self::write`], for a write of leases only (claims, and claims given back): answered once
+    /// committed but perhaps before it is on disk, as a group of such writes alone commits without a disk
+    /// sync. Losing one in a crash costs nothing a crash does not already cost: a lost claim makes its
+    /// deliveries due again at once rather than when the lease would have run out (and the claims held in
+    /// memory are lost with the process either way); a lost release leaves them due when their lease ends.
+    /// It goes ahead of the writes waiting ([`Job::first`]).
+    async fn write_lease<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&Tx<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.submit(false, true, None, move |c, _| f(c)).await
     }
 
     /// Like [`Self::write`], for a write that makes deliveries: `f` may lease them to this process's workers
@@ -379,17 +447,19 @@ impl SqliteStore {
         &self,
         f: impl FnMut(&Tx<'_>, &mut Reservation) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.submit(self.handoff.clone(), f).await
+        self.submit(true, false, self.handoff.clone(), f).await
     }
 
-    /// Queues a write for the writer thread and waits for its answer.
+    /// Queues a write for the writer thread and waits for its answer: `durable` and `first` as [`Job`] says.
     async fn submit<T: Send + 'static>(
         &self,
+        durable: bool,
+        first: bool,
         handoff: Option<Arc<Handoff>>,
         f: impl FnMut(&Tx<'_>, &mut Reservation) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (answer, answered) = oneshot::channel();
-        let job = Write { f, handoff, outcome: None, answer };
+        let job = Write { f, durable, first, handoff, outcome: None, answer };
         self.jobs.send(Box::new(job)).map_err(|_| StoreError::Closed)?;
         answered.await.map_err(|_| StoreError::Closed)?
     }
@@ -838,7 +908,7 @@ impl Store for SqliteStore {
 
     async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>> {
         let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
-        self.write(move |c| {
+        self.write_lease(move |c| {
             let token = ids::new_id("lease");
             let claimed = c
                 .prepare_cached(
@@ -891,7 +961,7 @@ impl Store for SqliteStore {
     async fn release(&self, claims: &[Claim]) -> Result<()> {
         let held: Vec<(String, String)> =
             claims.iter().map(|c| (c.delivery_id.clone(), c.lease_token.clone())).collect();
-        self.write(move |c| {
+        self.write_lease(move |c| {
             // A handed-off delivery was queued for the end of its lease: due now instead.
             let mut release = c.prepare_cached(
                 "UPDATE deliveries SET lease_until = NULL, lease_token = NULL, run_at = min(run_at, ?1) \
@@ -907,7 +977,8 @@ impl Store for SqliteStore {
     }
 
     async fn record_attempts(&self, results: Arc<[AttemptResult]>) -> Result<()> {
-        self.write(move |c| {
+        // Ahead of the writes waiting: each result holds a slot of the attempts in flight until it is written.
+        self.submit(true, true, None, move |c, _| {
             let now = now_ms();
             let (mut log, mut advance) = (c.hot(Hot::LogAttempt)?, c.hot(Hot::AdvanceDelivery)?);
             for result in results.iter() {

@@ -640,3 +640,40 @@ async fn sqlite_migration_3_keeps_every_row() {
         .unwrap();
     assert_eq!(left, (0, 0), "the endpoint's deliveries and attempts went with it");
 }
+
+/// SQLite's writer runs the workers' writes ahead of the updates waiting, and commits a long run of updates in
+/// several transactions: an attempt's result, which holds a slot of the attempts in flight, is not written
+/// after every update queued before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writes_results_ahead_of_waiting_updates() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let f = fixture().await;
+    for _ in 0..50 {
+        f.endpoint(true).await;
+    }
+    f.events(1).await;
+    let claims = f.store.claim_due(NOW, NOW + 1_000, 1, &[]).await.unwrap();
+    let patch = InterviewPatch::parse(&serde_json::json!({"interview_outcome": "qualified"})).unwrap();
+    let done = AtomicUsize::new(0);
+    // Polled in this order, each future sends its write before the next is polled: the result is queued
+    // behind the sixty-four updates, each of which writes fifty deliveries.
+    let updates = (0..64).map(|i| {
+        let (store, org, patch, done) = (f.store.clone(), f.org.clone(), &patch, &done);
+        Box::pin(async move {
+            store.update_interview(&org, &format!("cand_{i}"), patch).await.expect("update");
+            done.fetch_add(1, Ordering::SeqCst);
+            None
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Option<usize>> + Send + '_>>
+    });
+    let record = Box::pin(async {
+        f.store.record_attempts(Arc::from([result(&claims[0], Next::Succeeded)])).await.expect("record");
+        Some(done.load(Ordering::SeqCst))
+    });
+    let outcomes = futures_util::future::join_all(updates.chain(std::iter::once(record as _))).await;
+    let updates_before = outcomes.last().copied().flatten().expect("the result was written");
+    assert!(updates_before < 64, "the result waited for every update queued before it");
+    assert_eq!(done.load(Ordering::SeqCst), 64);
+    let (delivery, _) = f.store.get_delivery(&f.org, &claims[0].delivery_id).await.unwrap().unwrap();
+    assert_eq!(delivery.status, DeliveryStatus::Succeeded);
+}
