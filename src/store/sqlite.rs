@@ -276,11 +276,17 @@ fn migrate(connection: &mut Connection) -> Result<()> {
         let done: Option<i64> = tx
             .query_row("SELECT version FROM schema_migrations WHERE version = ?", [version], |r| r.get(0))
             .optional()?;
-        if done.is_none() {
+        let ran = done.is_none();
+        if ran {
             tx.execute_batch(sql)?;
             tx.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])?;
         }
         tx.commit()?;
+        if ran {
+            // A migration that copies tables leaves a log as large as they are: copied into the database file
+            // and cut back now, rather than kept at that size on disk.
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
     }
     Ok(())
 }

@@ -599,6 +599,8 @@ async fn sqlite_migration_3_keeps_every_row() {
         .unwrap();
     }
     let store = tidings::store::open(&path).await.expect("open and migrate the store");
+    let log = std::fs::metadata(format!("{path}-wal")).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(log, 0, "the log of the copied tables was cut back");
 
     let (delivery, attempts) = store.get_delivery(org, done).await.unwrap().expect("the finished delivery");
     assert_eq!((delivery.status, delivery.attempt_count), (DeliveryStatus::Succeeded, 1));
