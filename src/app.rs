@@ -18,12 +18,7 @@ use crate::store::{self, Handoff};
 
 /// Deliveries that may wait in the handoff per attempt slot: enough that a burst of fan-out is started
 /// from memory rather than claimed back from the store, few enough that a claim waits well under its lease.
-/// On SQLite a claim costs the writer a few microseconds per delivery, and memory is the tighter bound.
 const HANDOFF_PER_SLOT: usize = 4;
-/// On PostgreSQL a delivery claimed back from the store costs a round trip per batch and tens of microseconds
-/// of the database's time (its row locked, rewritten and joined to its event): those held in memory instead,
-/// about half a kilobyte each, are far cheaper.
-const HANDOFF_PER_SLOT_POSTGRES: usize = 16;
 
 /// Runs the service on `listener` until `shutdown` resolves: the API (unless `config.api` is false, when only
 /// health and metrics are served) and the delivery workers (unless `config.workers` is false). On shutdown
@@ -36,10 +31,9 @@ pub async fn run(
     config.validate().map_err(anyhow::Error::msg)?;
     let wake = Arc::new(Notify::new());
     // A process that delivers takes the deliveries it writes straight to its own workers.
-    let per_slot = if store::is_postgres(&config.database) { HANDOFF_PER_SLOT_POSTGRES } else { HANDOFF_PER_SLOT };
     let handoff = config
         .workers
-        .then(|| Arc::new(Handoff::new(per_slot * config.max_in_flight, lease_for(config.attempt_timeout))));
+        .then(|| Arc::new(Handoff::new(HANDOFF_PER_SLOT * config.max_in_flight, lease_for(config.attempt_timeout))));
     let store = store::open_with(&config.database, handoff.clone()).await?;
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();

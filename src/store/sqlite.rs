@@ -57,9 +57,6 @@ trait Job: Send {
     /// Runs the write inside the group transaction and says whether it succeeded. It may run again after the
     /// transaction was rolled back, so it keeps nothing from an earlier run.
     fn run(&mut self, tx: &Tx<'_>) -> bool;
-    /// Whether the write must be on disk before it is answered. Only leases need not be (see
-    /// [`SqliteStore::write_lease`]).
-    fn durable(&self) -> bool;
     /// Whether the write goes ahead of the others waiting: the workers' writes (claims, releases, results),
     /// which hold attempts in flight, and of which there are only ever a few waiting.
     fn first(&self) -> bool;
@@ -70,7 +67,6 @@ trait Job: Send {
 /// A write made of a closure, its last outcome, and where the answer goes.
 struct Write<T, F> {
     f: F,
-    durable: bool,
     first: bool,
     handoff: Option<Arc<Handoff>>,
     outcome: Option<(Result<T>, Reservation)>,
@@ -92,10 +88,6 @@ where
         let ok = result.is_ok();
         self.outcome = Some((result, reservation));
         ok
-    }
-
-    fn durable(&self) -> bool {
-        self.durable
     }
 
     fn first(&self) -> bool {
@@ -298,13 +290,15 @@ fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, commit
     let tx = Tx::new(&connection);
     let (mut first, mut rest) = (VecDeque::new(), VecDeque::new());
     loop {
+        let mut waiting = Vec::new();
         if first.is_empty() && rest.is_empty() {
             match jobs.recv() {
-                Ok(job) => rest.push_back(job),
+                Ok(job) => waiting.push(job),
                 Err(_) => return,
             }
         }
-        while let Ok(job) = jobs.try_recv() {
+        waiting.extend(jobs.try_iter());
+        for job in waiting {
             if job.first() { first.push_back(job) } else { rest.push_back(job) }
         }
         let mut batch: Vec<Box<dyn Job>> = first.drain(..).collect();
@@ -342,7 +336,9 @@ fn checkpoint_loop(connection: Connection, committed: mpsc::Receiver<()>) {
 /// transaction is rolled back and the batch runs again with each write in a savepoint of its own, so the one
 /// that fails is undone alone. (A savepoint around every write would copy each page it touches, on every
 /// write: a tenth of the writer's time.) For the same reason the statements run for every webhook say
-/// `OR FAIL`: no statement is ever undone alone, so SQLite need not journal the pages each one changes.
+/// `OR FAIL`: no statement is ever undone alone, so SQLite need not journal the pages each one changes. An error
+/// that rolls back the whole transaction even so (SQLite does for some I/O errors and a full disk) fails the
+/// writes run in it, and leaves the rest for the next transaction.
 fn run_batch(connection: &Tx<'_>, batch: &mut Vec<Box<dyn Job>>) -> (Option<String>, Vec<Box<dyn Job>>) {
     let mut not_run = Vec::new();
     if connection.execute_batch("BEGIN IMMEDIATE").is_ok() {
@@ -365,38 +361,34 @@ fn run_batch(connection: &Tx<'_>, batch: &mut Vec<Box<dyn Job>>) -> (Option<Stri
         }
         not_run = batch.split_off(ran);
         if !failed {
-            return (commit(connection, batch.iter().any(|job| job.durable())), not_run);
+            return (commit(connection), not_run);
         }
         let _ = connection.execute_batch("ROLLBACK");
     }
-    let durable = batch.iter().any(|job| job.durable());
     let in_transaction = connection.execute_batch("BEGIN IMMEDIATE").is_ok();
-    for job in batch.iter_mut() {
+    for index in 0..batch.len() {
         // Outside a transaction (BEGIN failed) a savepoint is a transaction of its own.
         let _ = run_cached(connection, "SAVEPOINT job");
-        if !job.run(connection) {
+        if !batch[index].run(connection) {
+            if in_transaction && connection.is_autocommit() {
+                // The whole transaction is gone, and the writes run in it with it: they fail, the rest wait.
+                let mut rest = batch.split_off(index + 1);
+                rest.append(&mut not_run);
+                return (Some("the transaction was rolled back by an error".into()), rest);
+            }
             let _ = run_cached(connection, "ROLLBACK TO job");
         }
         let _ = run_cached(connection, "RELEASE job");
     }
-    (if in_transaction { commit(connection, durable) } else { None }, not_run)
+    (if in_transaction { commit(connection) } else { None }, not_run)
 }
 
-/// Commits the open transaction; answers its error after rolling back. A transaction that is not `durable`
-/// commits without syncing the log: the next durable commit syncs it along with its own (the log is written
-/// in order), and a crash before then loses only it.
-fn commit(connection: &Connection, durable: bool) -> Option<String> {
-    if !durable {
-        let _ = run_cached(connection, "PRAGMA synchronous = NORMAL");
-    }
-    let error = connection.execute_batch("COMMIT").err().map(|e| {
+/// Commits the open transaction; answers its error after rolling back.
+fn commit(connection: &Connection) -> Option<String> {
+    connection.execute_batch("COMMIT").err().map(|e| {
         let _ = connection.execute_batch("ROLLBACK");
         e.to_string()
-    });
-    if !durable {
-        let _ = run_cached(connection, "PRAGMA synchronous = FULL");
-    }
-    error
+    })
 }
 
 /// The file a `--database` value names: a plain path, or a `sqlite:` / `sqlite://` URL (any `?options` ignored).
@@ -436,20 +428,16 @@ impl SqliteStore {
     /// run more than once (see [`run_batch`]).
     async fn write<T: Send + 'static>(&self, mut f: impl FnMut(&Tx<'_>) -> Result<T> + Send + 'static) -> Result<T> {
         // It makes no deliveries, so it reserves nothing in the handoff.
-        self.submit(true, false, None, move |c, _| f(c)).await
+        self.submit(false, None, move |c, _| f(c)).await
     }
 
-    /// Like [`Self::write`], for a write of leases only (claims, and claims given back): answered once
-    /// committed but perhaps before it is on disk, as a group of such writes alone commits without a disk
-    /// sync. Losing one in a crash costs nothing a crash does not already cost: a lost claim makes its
-    /// deliveries due again at once rather than when the lease would have run out (and the claims held in
-    /// memory are lost with the process either way); a lost release leaves them due when their lease ends.
-    /// It goes ahead of the writes waiting ([`Job::first`]).
-    async fn write_lease<T: Send + 'static>(
+    /// Like [`Self::write`], for the workers' writes (claims, releases, results): it goes ahead of the writes
+    /// waiting ([`Job::first`]).
+    async fn write_first<T: Send + 'static>(
         &self,
         mut f: impl FnMut(&Tx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.submit(false, true, None, move |c, _| f(c)).await
+        self.submit(true, None, move |c, _| f(c)).await
     }
 
     /// Like [`Self::write`], for a write that makes deliveries: `f` may lease them to this process's workers
@@ -459,19 +447,18 @@ impl SqliteStore {
         &self,
         f: impl FnMut(&Tx<'_>, &mut Reservation) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.submit(true, false, self.handoff.clone(), f).await
+        self.submit(false, self.handoff.clone(), f).await
     }
 
-    /// Queues a write for the writer thread and waits for its answer: `durable` and `first` as [`Job`] says.
+    /// Queues a write for the writer thread and waits for its answer; `first` as [`Job::first`] says.
     async fn submit<T: Send + 'static>(
         &self,
-        durable: bool,
         first: bool,
         handoff: Option<Arc<Handoff>>,
         f: impl FnMut(&Tx<'_>, &mut Reservation) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (answer, answered) = oneshot::channel();
-        let job = Write { f, durable, first, handoff, outcome: None, answer };
+        let job = Write { f, first, handoff, outcome: None, answer };
         self.jobs.send(Box::new(job)).map_err(|_| StoreError::Closed)?;
         answered.await.map_err(|_| StoreError::Closed)?
     }
@@ -920,7 +907,7 @@ impl Store for SqliteStore {
 
     async fn claim_due(&self, now: Millis, lease_until: Millis, limit: u32, exclude: &[String]) -> Result<Vec<Claim>> {
         let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
-        self.write_lease(move |c| {
+        self.write_first(move |c| {
             let token = ids::new_id("lease");
             let claimed = c
                 .prepare_cached(
@@ -973,7 +960,7 @@ impl Store for SqliteStore {
     async fn release(&self, claims: &[Claim]) -> Result<()> {
         let held: Vec<(String, String)> =
             claims.iter().map(|c| (c.delivery_id.clone(), c.lease_token.clone())).collect();
-        self.write_lease(move |c| {
+        self.write_first(move |c| {
             // A handed-off delivery was queued for the end of its lease: due now instead.
             let mut release = c.prepare_cached(
                 "UPDATE deliveries SET lease_until = NULL, lease_token = NULL, run_at = min(run_at, ?1) \
@@ -989,8 +976,8 @@ impl Store for SqliteStore {
     }
 
     async fn record_attempts(&self, results: Arc<[AttemptResult]>) -> Result<()> {
-        // Ahead of the writes waiting: each result holds a slot of the attempts in flight until it is written.
-        self.submit(true, true, None, move |c, _| {
+        // Each result holds a slot of the attempts in flight until it is written.
+        self.write_first(move |c| {
             let now = now_ms();
             let (mut log, mut advance) = (c.hot(Hot::LogAttempt)?, c.hot(Hot::AdvanceDelivery)?);
             for result in results.iter() {
@@ -1065,7 +1052,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{SqliteStore, file_path};
-    use crate::store::Store;
+    use crate::store::{Fanout, Store};
 
     #[tokio::test]
     async fn the_log_is_copied_into_the_database_file_long_before_the_writer_would() {
@@ -1073,15 +1060,22 @@ mod tests {
         let path = dir.path().join("t.db");
         let store = SqliteStore::open(path.to_str().unwrap(), None).await.unwrap();
         let size = || std::fs::metadata(&path).unwrap().len();
-        // Turning the new file to WAL wrote its first page; the schema is still only in the log.
-        assert_eq!(size(), 4096);
-        store.create_org("acme", "key-hash").await.unwrap();
-        // A few dozen pages in the log, far below the writer's 4,000: only the checkpointer copies them now.
+        let log = || std::fs::metadata(format!("{}-wal", path.display())).map(|m| m.len()).unwrap_or(0);
+        // The migrations' own checkpoint copied the schema into the file and cut the log back.
+        assert_eq!(log(), 0);
+        let before = size();
+        let org = store.create_org("acme", "key-hash").await.unwrap();
+        let padding = "x".repeat(3000);
+        for n in 0..20 {
+            let payload = format!("{{\"n\":{n},\"padding\":\"{padding}\"}}");
+            store.create_event(&org, "test", &payload, Fanout::Subscribed).await.unwrap();
+        }
+        // A page per event in the log, far below the writer's 4,000: only the checkpointer copies them now.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while size() <= 10 * 4096 && Instant::now() < deadline {
+        while size() < before + 10 * 4096 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(size() > 10 * 4096, "the database file holds {} bytes", size());
+        assert!(size() >= before + 10 * 4096, "the database file holds {} bytes, {before} before", size());
         assert!(store.org_for_key("key-hash").await.unwrap().is_some());
     }
 
