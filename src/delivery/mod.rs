@@ -397,7 +397,13 @@ impl Attempt {
                 "attempt failed"
             );
         }
-        let result = AttemptResult { delivery_id: claim.delivery_id, lease_token: claim.lease_token, attempt, next };
+        let result = AttemptResult {
+            delivery_id: claim.delivery_id,
+            row: claim.row,
+            lease_token: claim.lease_token,
+            attempt,
+            next,
+        };
         // The recorder only stops after every sender is dropped, so this cannot fail while we hold one.
         // Its overall slot is freed only once it is recorded, so a crash can repeat at most `max_in_flight`.
         let _ = self.results.send(result).await;

@@ -252,6 +252,7 @@ mod tests {
     fn claim(url: String, secret: &str) -> Claim {
         Claim {
             delivery_id: "dlv_1".into(),
+            row: 0,
             lease_token: "lease_1".into(),
             lease_until: 0,
             event_id: "evt_1".into(),

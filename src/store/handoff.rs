@@ -48,6 +48,8 @@ struct State {
 /// A delivery just written leased under a reservation: what its claim needs beyond the lease.
 pub struct Handed {
     pub delivery_id: String,
+    /// [`Claim::row`].
+    pub row: i64,
     pub event_id: String,
     pub endpoint_id: String,
     pub url: String,
@@ -207,6 +209,7 @@ impl Reservation {
         debug_assert!(self.has_room());
         self.claims.push(Claim {
             delivery_id: delivery.delivery_id,
+            row: delivery.row,
             lease_token: self.token.clone(),
             lease_until: self.until,
             event_id: delivery.event_id,
@@ -272,6 +275,7 @@ mod tests {
     fn handed(endpoint: &str) -> Handed {
         Handed {
             delivery_id: ids::new_id(ids::DELIVERY),
+            row: 0,
             event_id: ids::new_id(ids::EVENT),
             endpoint_id: endpoint.into(),
             url: "http://127.0.0.1:9/hook".into(),

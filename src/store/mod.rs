@@ -275,6 +275,9 @@ pub enum Fanout {
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub delivery_id: String,
+    /// The delivery's row number where the store has one it finds rows by faster than by id (SQLite's
+    /// `seq`); 0 otherwise. Carried to the result, so recording it needs no search of the id index.
+    pub row: i64,
     /// Proves the lease when the result is recorded; a newer claim or a manual retry replaces it.
     pub lease_token: String,
     /// When the lease runs out and the delivery is due again.
@@ -295,6 +298,8 @@ pub struct Claim {
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
     pub delivery_id: String,
+    /// [`Claim::row`].
+    pub row: i64,
     pub lease_token: String,
     pub attempt: AttemptRecord,
     /// Where the delivery goes next, decided by the retry policy.

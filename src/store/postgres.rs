@@ -375,6 +375,7 @@ async fn insert_deliveries(
             url: row.url,
             payload,
             delivery_id: row.id,
+            row: 0,
             event_id: row.event_id,
             endpoint_id: row.endpoint_id,
         });

@@ -170,6 +170,7 @@ impl ClaimRow {
         let secrets = signing_secrets(self.secret, self.previous_secret, self.previous_secret_until, now);
         Claim {
             delivery_id: self.id,
+            row: 0,
             lease_token: lease_token.to_owned(),
             lease_until,
             event_id: self.event_id,

@@ -156,10 +156,13 @@ impl Hot {
                  lease_until, lease_token, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?5, ?5)"
             }
-            // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile.
+            // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile. Both
+            // statements find the delivery by its row number (`?7`, `?6`), as claimed, and check its id: a row
+            // number freed by a delete can be given to a later row.
             Hot::LogAttempt => {
                 "INSERT OR FAIL INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, \
-                 error, response_body) SELECT id, attempt_count + 1, ?, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?"
+                 error, response_body) SELECT id, attempt_count + 1, ?1, ?2, ?3, ?4, ?5, ?6 FROM deliveries \
+                 WHERE seq = ?7 AND id = ?8"
             }
             Hot::AdvanceDelivery => {
                 "UPDATE OR FAIL deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
@@ -170,7 +173,7 @@ impl Hot {
                    lease_until = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_until END, \
                    manual = CASE WHEN lease_token = ?2 THEN 0 ELSE manual END, \
                    lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
-                 WHERE id = ?6"
+                 WHERE seq = ?6 AND id = ?7"
             }
         }
     }
@@ -572,6 +575,7 @@ fn insert_event(
                 insert.execute(params![delivery_id, org, id, endpoint_id, now, until, until, reservation.token])?;
                 reservation.push(Handed {
                     delivery_id,
+                    row: c.last_insert_rowid(),
                     event_id: id.clone(),
                     endpoint_id,
                     url: row.get(2)?,
@@ -939,6 +943,7 @@ impl Store for SqliteStore {
                     let payload = bodies.share(&event_id, || r.get::<_, String>(5).map(Bytes::from))?;
                     Ok(Claim {
                         delivery_id: r.get(0)?,
+                        row: seq,
                         lease_token: token.clone(),
                         lease_until,
                         secrets: signing_secrets(r.get(7)?, r.get(8)?, r.get(9)?, now),
@@ -989,11 +994,13 @@ impl Store for SqliteStore {
                     a.status_code,
                     a.error,
                     a.response_body,
+                    result.row,
                     result.delivery_id
                 ])?;
                 let (status, next_at) = next_columns(result.next);
                 let scheduled = i64::from(a.trigger == Trigger::Scheduled);
-                advance.execute(params![now, result.lease_token, scheduled, status, next_at, result.delivery_id])?;
+                let (row, id) = (result.row, &result.delivery_id);
+                advance.execute(params![now, result.lease_token, scheduled, status, next_at, row, id])?;
             }
             Ok(())
         })

@@ -59,6 +59,7 @@ impl Fixture {
 fn result(claim: &Claim, next: Next) -> AttemptResult {
     AttemptResult {
         delivery_id: claim.delivery_id.clone(),
+        row: claim.row,
         lease_token: claim.lease_token.clone(),
         attempt: AttemptRecord {
             number: 0,
@@ -678,4 +679,27 @@ async fn sqlite_writes_results_ahead_of_waiting_updates() {
     assert_eq!(done.load(Ordering::SeqCst), 64);
     let (delivery, _) = f.store.get_delivery(&f.org, &claims[0].delivery_id).await.unwrap().unwrap();
     assert_eq!(delivery.status, DeliveryStatus::Succeeded);
+}
+
+/// On SQLite a result finds its delivery by row number, and a row number freed by a delete is given to the next
+/// row: a late result for a deleted delivery must not land on the delivery that took its number.
+#[tokio::test]
+async fn sqlite_a_late_result_does_not_land_on_a_reused_row() {
+    let f = fixture().await;
+    let doomed_endpoint = f.endpoint(true).await;
+    f.events(1).await;
+    let doomed = f.store.claim_due(NOW, NOW + 1_000, 10, &[]).await.unwrap().remove(0);
+    assert!(f.store.delete_endpoint(&f.org, &doomed_endpoint).await.unwrap());
+    f.endpoint(true).await;
+    f.events(1).await;
+    let fresh = f.store.claim_due(NOW, NOW + 1_000, 10, &[]).await.unwrap().remove(0);
+    assert_eq!(fresh.row, doomed.row, "the row number was given again");
+
+    f.store.record_attempts(Arc::from([result(&doomed, Next::Succeeded)])).await.unwrap();
+    let (delivery, attempts) = f.store.get_delivery(&f.org, &fresh.delivery_id).await.unwrap().unwrap();
+    assert_eq!((delivery.status, delivery.attempt_count), (DeliveryStatus::Pending, 0));
+    assert!(attempts.is_empty(), "{attempts:?}");
+    f.store.record_attempts(Arc::from([result(&fresh, Next::Succeeded)])).await.unwrap();
+    let (delivery, attempts) = f.store.get_delivery(&f.org, &fresh.delivery_id).await.unwrap().unwrap();
+    assert_eq!((delivery.status, attempts.len()), (DeliveryStatus::Succeeded, 1));
 }
