@@ -420,14 +420,15 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
 impl PostgresStore {
     /// Connects and migrates. Migrations take an advisory lock, so processes starting together migrate once.
     pub async fn open(url: &str, handoff: Option<Arc<Handoff>>) -> Result<Self> {
+        let options = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(connect_options(url)?)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
         let (updates, jobs) = mpsc::channel(UPDATE_BATCH * 4);
-        spawn_committer(connect_options(url)?.application_name(COMMITTER_NAME), jobs, handoff.clone())?;
+        spawn_committer(options.application_name(COMMITTER_NAME), jobs, handoff.clone())?;
         Ok(Self { pool, updates, handoff })
     }
 

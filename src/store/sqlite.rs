@@ -126,7 +126,8 @@ enum Hot {
 }
 
 impl Hot {
-    const COUNT: usize = 8;
+    /// One slot per statement: the last one's number, plus one.
+    const COUNT: usize = Hot::AdvanceDelivery as usize + 1;
 
     fn sql(self) -> &'static str {
         match self {
@@ -266,22 +267,23 @@ fn connect(path: &str) -> Result<Connection> {
 
 fn migrate(connection: &mut Connection) -> Result<()> {
     connection.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")?;
+    let mut any_ran = false;
     for (version, sql) in MIGRATIONS {
         let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done: Option<i64> = tx
             .query_row("SELECT version FROM schema_migrations WHERE version = ?", [version], |r| r.get(0))
             .optional()?;
-        let ran = done.is_none();
-        if ran {
+        if done.is_none() {
             tx.execute_batch(sql)?;
             tx.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])?;
+            any_ran = true;
         }
         tx.commit()?;
-        if ran {
-            // A migration that copies tables leaves a log as large as they are: copied into the database file
-            // and cut back now, rather than kept at that size on disk.
-            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        }
+    }
+    if any_ran {
+        // A migration that copies tables leaves a log as large as they are: copied into the database file and
+        // cut back once all have run, rather than kept at that size on disk.
+        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     }
     Ok(())
 }
@@ -293,15 +295,16 @@ fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, commit
     let tx = Tx::new(&connection);
     let (mut first, mut rest) = (VecDeque::new(), VecDeque::new());
     loop {
-        let mut waiting = Vec::new();
-        if first.is_empty() && rest.is_empty() {
+        // Nothing left from the last transaction: wait for a write.
+        let arrived = if first.is_empty() && rest.is_empty() {
             match jobs.recv() {
-                Ok(job) => waiting.push(job),
+                Ok(job) => Some(job),
                 Err(_) => return,
             }
-        }
-        waiting.extend(jobs.try_iter());
-        for job in waiting {
+        } else {
+            None
+        };
+        for job in arrived.into_iter().chain(jobs.try_iter()) {
             if job.first() { first.push_back(job) } else { rest.push_back(job) }
         }
         let mut batch: Vec<Box<dyn Job>> = first.drain(..).collect();

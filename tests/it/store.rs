@@ -212,10 +212,7 @@ on_both_stores! {
                 let mut connection = sqlx::PgConnection::connect(&f.db.url).await.unwrap();
                 sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(&mut connection).await.unwrap()
             }
-            Backend::Sqlite => rusqlite::Connection::open(&f.db.url)
-                .unwrap()
-                .query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))
-                .unwrap(),
+            Backend::Sqlite => sqlite_number(&f.db.url, "SELECT count(*) FROM attempts"),
         };
         assert_eq!(left, 3, "only the kept endpoint's attempts remain");
     }
@@ -614,34 +611,26 @@ async fn sqlite_migration_3_keeps_every_row() {
     assert_eq!(claims.iter().map(|c| c.delivery_id.as_str()).collect::<Vec<_>>(), [pending], "the queue is intact");
     assert_eq!(claims[0].payload, "{\"n\":1}");
 
-    {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        for table in ["interviews", "events", "deliveries", "attempts"] {
-            let keys: i64 = c
-                .query_row(&format!("SELECT count(*) FROM pragma_foreign_key_list('{table}')"), [], |r| r.get(0))
-                .unwrap();
-            assert_eq!(keys, 0, "{table} declares no foreign key");
-        }
-        let indexes: i64 = c
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('deliveries_due', \
-                 'deliveries_by_org', 'deliveries_by_endpoint', 'deliveries_by_event', 'events_by_org', \
-                 'attempts_by_delivery')",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(indexes, 6, "every index is built again");
+    for table in ["interviews", "events", "deliveries", "attempts"] {
+        let keys = sqlite_number(&path, &format!("SELECT count(*) FROM pragma_foreign_key_list('{table}')"));
+        assert_eq!(keys, 0, "{table} declares no foreign key");
     }
+    let indexes = sqlite_number(
+        &path,
+        "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('deliveries_due', \
+         'deliveries_by_org', 'deliveries_by_endpoint', 'deliveries_by_event', 'events_by_org', \
+         'attempts_by_delivery')",
+    );
+    assert_eq!(indexes, 6, "every index is built again");
 
     assert!(store.delete_endpoint(org, endpoint).await.unwrap());
-    let c = rusqlite::Connection::open(&path).unwrap();
-    let left: (i64, i64) = c
-        .query_row("SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM attempts)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    assert_eq!(left, (0, 0), "the endpoint's deliveries and attempts went with it");
+    let left = sqlite_number(&path, "SELECT (SELECT count(*) FROM deliveries) + (SELECT count(*) FROM attempts)");
+    assert_eq!(left, 0, "the endpoint's deliveries and attempts went with it");
+}
+
+/// The one number `sql` answers, read from the SQLite file at `path` on a connection of the test's own.
+fn sqlite_number(path: &str, sql: &str) -> i64 {
+    rusqlite::Connection::open(path).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 /// SQLite's writer runs the workers' writes ahead of the updates waiting, and commits a long run of updates in
