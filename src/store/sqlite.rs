@@ -253,7 +253,8 @@ fn connect(path: &str) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)?;
     connection.busy_timeout(Duration::from_secs(10))?;
-    // FULL: a transaction is on disk when COMMIT returns, so an acknowledged write survives power loss.
+    // FULL: a transaction is on disk when COMMIT returns, so an acknowledged write survives power loss. (The
+    // writer alone commits with NORMAL, and syncs on a thread of its own before it answers: see `sync_loop`.)
     connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     // A 16 MiB page cache keeps the hot end of the tables and indexes in memory. The checkpointer thread copies
     // the log into the database file as it grows; the writer checkpoints too once the log holds 16 MiB (then
@@ -289,9 +290,15 @@ fn migrate(connection: &mut Connection) -> Result<()> {
 }
 
 /// The writer thread: waits for a write, takes every other one waiting (the workers' first), runs them in one
-/// transaction for up to [`WRITE_TIME`], commits once, tells the checkpointer, then answers those it ran. The
-/// rest wait for the next transaction, ahead of later writes.
-fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, committed: mpsc::SyncSender<()>) {
+/// transaction for up to [`WRITE_TIME`], commits once, tells the checkpointer, and hands those it ran to the
+/// syncer, which answers them once the commit is on disk. The rest wait for the next transaction, ahead of later
+/// writes. The writer stops when the syncer has (a sync failed): nothing more can be acknowledged.
+fn write_loop(
+    connection: Connection,
+    jobs: mpsc::Receiver<Box<dyn Job>>,
+    committed: mpsc::SyncSender<()>,
+    synced: mpsc::Sender<Committed>,
+) {
     let tx = Tx::new(&connection);
     let (mut first, mut rest) = (VecDeque::new(), VecDeque::new());
     loop {
@@ -316,8 +323,51 @@ fn write_loop(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, commit
         }
         // Full when the checkpointer has already been told.
         let _ = committed.try_send(());
-        for job in batch {
-            job.finish(commit_error.as_deref());
+        if let Err(mpsc::SendError(Committed { batch, .. })) = synced.send(Committed { batch, commit_error }) {
+            for job in batch.into_iter().chain(first).chain(rest) {
+                job.finish(Some(SYNC_FAILED));
+            }
+            return;
+        }
+    }
+}
+
+/// A transaction the writer has committed, and the writes run in it, to be answered once it is on disk.
+struct Committed {
+    batch: Vec<Box<dyn Job>>,
+    commit_error: Option<String>,
+}
+
+/// What a write is answered when the log could not be synced, before or after it ran.
+const SYNC_FAILED: &str = "the write-ahead log could not be synced to disk; the store takes no more writes";
+
+/// The syncer thread: syncs the log to disk, then answers the writes of every transaction committed before the
+/// sync began. Meanwhile the writer runs the next transaction, so a write waits for one sync, not for the sync
+/// and the statements of the transactions before it; one sync covers every commit made while the last ran.
+///
+/// The writer commits with `synchronous = NORMAL`: SQLite writes the log but does not sync it, and syncs it
+/// itself only before a checkpoint copies it into the database file. A crash keeps a prefix of the committed
+/// transactions (SQLite reads the log up to its first torn or missing frame), and that prefix holds every one
+/// this thread answered. A write can be read by others in the moment between its commit and its sync.
+///
+/// A failed sync leaves it unknown what is on disk: the writes are answered with an error, and the thread
+/// stops, which stops the writer.
+fn sync_loop(log: std::fs::File, committed: mpsc::Receiver<Committed>) {
+    while let Ok(one) = committed.recv() {
+        let mut all = vec![one];
+        all.extend(committed.try_iter());
+        let failed = log.sync_data().err();
+        if let Some(error) = &failed {
+            tracing::error!(%error, "cannot sync the write-ahead log; the store takes no more writes");
+        }
+        for Committed { batch, commit_error } in all {
+            let error = if failed.is_some() { Some(SYNC_FAILED) } else { commit_error.as_deref() };
+            for job in batch {
+                job.finish(error);
+            }
+        }
+        if failed.is_some() {
+            return;
         }
     }
 }
@@ -403,6 +453,18 @@ fn file_path(database: &str) -> &str {
     if database.starts_with("sqlite:") { path.split('?').next().unwrap_or(path) } else { path }
 }
 
+/// The write-ahead log of the database at `path`, opened for [`sync_loop`]. It exists once a connection has
+/// run a transaction, and stays while one is open. Its folder is synced too, once, so the file itself survives a
+/// crash: SQLite would sync it on its first sync of a new log, and the writer leaves the syncs to this.
+fn open_log(path: &str) -> Result<std::fs::File> {
+    let log_path = format!("{path}-wal");
+    let cannot = |e: std::io::Error| StoreError::Start(format!("cannot open the write-ahead log {log_path}: {e}"));
+    let log = std::fs::File::open(&log_path).map_err(cannot)?;
+    let folder = std::path::Path::new(&log_path).parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::File::open(folder.unwrap_or(std::path::Path::new("."))).and_then(|f| f.sync_all()).map_err(cannot)?;
+    Ok(log)
+}
+
 /// Runs a statement without parameters, prepared once per connection.
 fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<usize> {
     connection.prepare_cached(sql)?.execute([])
@@ -420,12 +482,16 @@ impl SqliteStore {
         })
         .await
         .map_err(|_| StoreError::Closed)??;
+        let log = open_log(&path)?;
+        writer.execute_batch("PRAGMA synchronous = NORMAL")?;
         let (jobs, receiver) = mpsc::channel();
         let (committed, heard) = mpsc::sync_channel(1);
+        let (to_sync, synced) = mpsc::channel();
         let thread = |name: &str| std::thread::Builder::new().name(format!("sqlite-{name}"));
         let cannot_start = |e: std::io::Error| StoreError::Start(format!("no thread for the store: {e}"));
         thread("checkpt").spawn(move || checkpoint_loop(checkpointer, heard)).map_err(cannot_start)?;
-        thread("writer").spawn(move || write_loop(writer, receiver, committed)).map_err(cannot_start)?;
+        thread("sync").spawn(move || sync_loop(log, synced)).map_err(cannot_start)?;
+        thread("writer").spawn(move || write_loop(writer, receiver, committed, to_sync)).map_err(cannot_start)?;
         let readers = Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(READERS) };
         Ok(Self { jobs, readers: Arc::new(readers), handoff })
     }
@@ -1061,7 +1127,9 @@ impl Store for SqliteStore {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{SqliteStore, file_path};
+    use std::sync::mpsc;
+
+    use super::{Committed, Job, SYNC_FAILED, SqliteStore, Tx, connect, file_path, migrate, sync_loop, write_loop};
     use crate::store::{Fanout, Store};
 
     #[tokio::test]
@@ -1087,6 +1155,71 @@ mod tests {
         }
         assert!(size() >= before + 10 * 4096, "the database file holds {} bytes, {before} before", size());
         assert!(store.org_for_key("key-hash").await.unwrap().is_some());
+    }
+
+    /// A write that only reports how it was answered.
+    struct Probe(std::sync::mpsc::Sender<Option<String>>);
+
+    impl Job for Probe {
+        fn run(&mut self, _: &Tx<'_>) -> bool {
+            true
+        }
+
+        fn first(&self) -> bool {
+            false
+        }
+
+        fn finish(self: Box<Self>, error: Option<&str>) {
+            let _ = self.0.send(error.map(str::to_owned));
+        }
+    }
+
+    fn committed(probes: &mpsc::Sender<Option<String>>, commit_error: Option<&str>) -> Committed {
+        Committed { batch: vec![Box::new(Probe(probes.clone()))], commit_error: commit_error.map(str::to_owned) }
+    }
+
+    #[test]
+    fn the_syncer_answers_each_commit_after_syncing_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("t.db-wal")).unwrap();
+        let (to_sync, synced) = mpsc::channel();
+        let (probes, answers) = mpsc::channel();
+        to_sync.send(committed(&probes, None)).unwrap();
+        to_sync.send(committed(&probes, Some("disk full"))).unwrap();
+        drop(to_sync);
+        sync_loop(log, synced);
+        assert_eq!(answers.try_iter().collect::<Vec<_>>(), [None, Some("disk full".to_owned())]);
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_writes_and_stops_the_syncer() {
+        // A pipe cannot be synced: the call fails as a failing disk's would.
+        let (pipe, _other_end) = std::io::pipe().unwrap();
+        let log = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
+        let (to_sync, synced) = mpsc::channel();
+        let (probes, answers) = mpsc::channel();
+        to_sync.send(committed(&probes, None)).unwrap();
+        sync_loop(log, synced);
+        assert_eq!(answers.try_recv().unwrap().as_deref(), Some(SYNC_FAILED));
+        assert!(to_sync.send(committed(&probes, None)).is_err(), "the syncer still listens");
+    }
+
+    #[test]
+    fn the_writer_stops_once_the_syncer_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut connection = connect(dir.path().join("t.db").to_str().unwrap()).unwrap();
+        migrate(&mut connection).unwrap();
+        let (jobs, waiting) = mpsc::channel::<Box<dyn Job>>();
+        let (checkpointer, _heard) = mpsc::sync_channel(1);
+        let (to_sync, synced) = mpsc::channel();
+        drop(synced);
+        let (probes, answers) = mpsc::channel();
+        for _ in 0..3 {
+            jobs.send(Box::new(Probe(probes.clone()))).unwrap();
+        }
+        write_loop(connection, waiting, checkpointer, to_sync);
+        assert_eq!(answers.try_iter().collect::<Vec<_>>(), vec![Some(SYNC_FAILED.to_owned()); 3]);
+        assert!(jobs.send(Box::new(Probe(probes))).is_err(), "the writer still takes writes");
     }
 
     #[test]
