@@ -372,6 +372,8 @@ pub(crate) fn stored_interview(text: &str, candidate_id: &str) -> Result<Intervi
 #[derive(Debug, Clone)]
 pub struct InterviewUpdate {
     pub interview: Interview,
+    /// Its stored JSON form, as the event body carries it in `data`.
+    pub data: String,
     pub event: Option<EventRecord>,
 }
 

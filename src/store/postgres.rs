@@ -247,7 +247,7 @@ async fn apply_updates(
             current.get(&key).cloned().unwrap_or_else(|| (Interview::empty(&job.candidate_id), false));
         let applied = interview.apply(&job.patch);
         if !existed || applied.event_body.is_some() {
-            written.insert(key.clone(), applied.data);
+            written.insert(key.clone(), applied.data.clone());
             current.insert(key, (applied.interview.clone(), true));
         }
         let event = applied.event_body.map(|body| {
@@ -255,7 +255,7 @@ async fn apply_updates(
             events.push(&id, &job.org, &body);
             EventRecord { seq: 0, id, event_type: interview::EVENT_TYPE.to_owned(), payload: body, created_at: now }
         });
-        updates.push(Ok(InterviewUpdate { interview: applied.interview, event }));
+        updates.push(Ok(InterviewUpdate { interview: applied.interview, data: applied.data, event }));
     }
 
     // Interviews and their events in one statement (an event always comes with its interview written).

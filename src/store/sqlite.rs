@@ -689,14 +689,14 @@ fn apply_update(
     };
     let applied = current.apply(patch);
     if existed && applied.event_body.is_none() {
-        return Ok(InterviewUpdate { interview: applied.interview, event: None });
+        return Ok(InterviewUpdate { interview: applied.interview, data: applied.data, event: None });
     }
     c.hot(Hot::UpsertInterview)?.execute(params![org, candidate_id, applied.data, now])?;
     let event = match &applied.event_body {
         Some(body) => Some(insert_event(c, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now, reservation)?),
         None => None,
     };
-    Ok(InterviewUpdate { interview: applied.interview, event })
+    Ok(InterviewUpdate { interview: applied.interview, data: applied.data, event })
 }
 
 /// One newest-first page of `org`'s rows of `table` (`seq` is the cursor): up to `limit + 1` rows, so
