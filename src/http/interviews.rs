@@ -16,8 +16,8 @@ use crate::domain::interview::{EVENT_TYPE, Interview, InterviewPatch, validate_c
 use crate::domain::time::format_ms;
 use crate::store::EventRecord;
 
-/// The interview after a merge update, and the event the update emitted: the shape of the answer, which
-/// [`updated_body`] writes from the stored bytes.
+// The documented shape of the answer, which `updated_body` writes from the stored bytes.
+/// The interview after a merge update, and the event the update emitted.
 #[derive(Serialize, ToSchema)]
 #[cfg_attr(not(test), allow(dead_code))]
 pub struct UpdatedInterview {
