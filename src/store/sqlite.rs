@@ -3,6 +3,7 @@
 //! disk sync for many writes, and no hand-off between threads per statement. Reads run on a few reader
 //! connections beside it, which WAL allows.
 
+use std::borrow::Cow;
 use std::cell::{RefCell, RefMut};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
@@ -120,7 +121,11 @@ enum Hot {
     InsertEvent,
     SubscribedEndpoints,
     OneEndpoint,
+    /// One delivery ([`delivery_rows`] 1), and several in one statement: an update fanned out to fifty
+    /// endpoints is written in five statements rather than fifty.
     InsertDelivery,
+    InsertDeliveries8,
+    InsertDeliveries32,
     LogAttempt,
     AdvanceDelivery,
 }
@@ -129,8 +134,8 @@ impl Hot {
     /// One slot per statement: the last one's number, plus one.
     const COUNT: usize = Hot::AdvanceDelivery as usize + 1;
 
-    fn sql(self) -> &'static str {
-        match self {
+    fn sql(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             // The organization check rides on the interview's read: the tables written per update check no
             // foreign keys, and no row means no organization.
             Hot::ReadInterview => {
@@ -152,11 +157,9 @@ impl Hot {
                 "SELECT id, enabled, url, secret, previous_secret, previous_secret_until FROM endpoints \
                  WHERE org_id = ?1 AND id = ?2"
             }
-            Hot::InsertDelivery => {
-                "INSERT OR FAIL INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
-                 lease_until, lease_token, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?5, ?5)"
-            }
+            Hot::InsertDelivery => return delivery_rows(1).into(),
+            Hot::InsertDeliveries8 => return delivery_rows(8).into(),
+            Hot::InsertDeliveries32 => return delivery_rows(32).into(),
             // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile. Both
             // statements find the delivery by its row number (`?7`, `?6`), as claimed, and check its id: a row
             // number freed by a delete can be given to a later row.
@@ -176,9 +179,28 @@ impl Hot {
                    lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
                  WHERE seq = ?6 AND id = ?7"
             }
-        }
+        })
     }
 }
+
+/// Inserts `n` deliveries of one event: `?1` organization, `?2` event, `?3` now, then five values per delivery
+/// (id, endpoint, queue position, lease end, lease token).
+fn delivery_rows(n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let at = 4 + DELIVERY_VALUES * i;
+            format!("(?{at}, ?1, ?2, ?{}, 'pending', ?3, ?{}, ?{}, ?{}, ?3, ?3)", at + 1, at + 2, at + 3, at + 4)
+        })
+        .collect();
+    format!(
+        "INSERT OR FAIL INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, \
+         lease_until, lease_token, created_at, updated_at) VALUES {}",
+        rows.join(", ")
+    )
+}
+
+/// The values of one delivery in [`delivery_rows`].
+const DELIVERY_VALUES: usize = 5;
 
 /// The writer's connection as its writes see it: the connection itself, and the [`Hot`] statements.
 pub struct Tx<'c> {
@@ -202,7 +224,7 @@ impl<'c> Tx<'c> {
         };
         // Persistent, as rusqlite's cache prepares them: a statement kept for good that held lookaside memory
         // would leave too little of it for every other statement's values.
-        *slot = Some(self.connection.prepare_with_flags(which.sql(), PrepFlags::SQLITE_PREPARE_PERSISTENT)?);
+        *slot = Some(self.connection.prepare_with_flags(&which.sql(), PrepFlags::SQLITE_PREPARE_PERSISTENT)?);
         Ok(RefMut::map(slot, |s| s.as_mut().expect("just prepared")))
     }
 }
@@ -629,36 +651,83 @@ fn insert_event(
         Fanout::Subscribed => (c.hot(Hot::SubscribedEndpoints)?, event_type),
         Fanout::Endpoint(endpoint) => (c.hot(Hot::OneEndpoint)?, endpoint.as_str()),
     };
-    let mut rows = targets.query(params![org, target])?;
-    let mut insert = c.hot(Hot::InsertDelivery)?;
     // One copy of the body for every claim of this event.
     let body = reservation.has_room().then(|| Bytes::copy_from_slice(payload.as_bytes()));
+    let mut room = reservation.room();
+    let mut deliveries = Vec::new();
+    let mut rows = targets.query(params![org, target])?;
     while let Some(row) = rows.next()? {
         let endpoint_id: String = row.get(0)?;
-        let delivery_id = ids::new_id(ids::DELIVERY);
         let enabled: bool = row.get(1)?;
-        match &body {
-            Some(body) if enabled && reservation.has_room() => {
-                // Leased to this process, and due again (for any worker) only when the lease runs out.
-                let until = reservation.until;
-                insert.execute(params![delivery_id, org, id, endpoint_id, now, until, until, reservation.token])?;
-                reservation.push(Handed {
-                    delivery_id,
-                    row: c.last_insert_rowid(),
-                    event_id: id.clone(),
-                    endpoint_id,
-                    url: row.get(2)?,
-                    payload: body.clone(),
-                    secrets: signing_secrets(row.get(3)?, row.get(4)?, row.get(5)?, now),
-                });
+        // Leased to this process while the reservation has room, and due again (for any worker) only when the
+        // lease runs out; the rest wait in the queue.
+        let leased = match &body {
+            Some(body) if enabled && room > 0 => {
+                room -= 1;
+                let secrets = signing_secrets(row.get(3)?, row.get(4)?, row.get(5)?, now);
+                Some(Leased { url: row.get(2)?, payload: body.clone(), secrets })
             }
-            _ => {
-                insert.execute(params![delivery_id, org, id, endpoint_id, now, now, None::<Millis>, None::<String>])?;
-                reservation.leave_for_queue();
+            _ => None,
+        };
+        deliveries.push(NewDelivery { id: ids::new_id(ids::DELIVERY), endpoint_id, leased });
+    }
+    let mut deliveries = deliveries.into_iter().peekable();
+    while deliveries.peek().is_some() {
+        let (statement, n) = match deliveries.len() {
+            32.. => (Hot::InsertDeliveries32, 32),
+            8.. => (Hot::InsertDeliveries8, 8),
+            _ => (Hot::InsertDelivery, 1),
+        };
+        let chunk: Vec<NewDelivery> = deliveries.by_ref().take(n).collect();
+        let mut insert = c.hot(statement)?;
+        insert.raw_bind_parameter(1, org)?;
+        insert.raw_bind_parameter(2, &id)?;
+        insert.raw_bind_parameter(3, now)?;
+        for (i, delivery) in chunk.iter().enumerate() {
+            let at = 4 + DELIVERY_VALUES * i;
+            let (run_at, lease) = match delivery.leased {
+                Some(_) => (reservation.until, Some((reservation.until, reservation.token.as_str()))),
+                None => (now, None),
+            };
+            insert.raw_bind_parameter(at, &delivery.id)?;
+            insert.raw_bind_parameter(at + 1, &delivery.endpoint_id)?;
+            insert.raw_bind_parameter(at + 2, run_at)?;
+            insert.raw_bind_parameter(at + 3, lease.map(|(until, _)| until))?;
+            insert.raw_bind_parameter(at + 4, lease.map(|(_, token)| token))?;
+        }
+        insert.raw_execute()?;
+        // The rows of one statement take consecutive numbers, the last one's known.
+        let first = c.last_insert_rowid() - chunk.len() as i64 + 1;
+        for (i, delivery) in chunk.into_iter().enumerate() {
+            match delivery.leased {
+                Some(Leased { url, payload, secrets }) => reservation.push(Handed {
+                    delivery_id: delivery.id,
+                    row: first + i as i64,
+                    event_id: id.clone(),
+                    endpoint_id: delivery.endpoint_id,
+                    url,
+                    payload,
+                    secrets,
+                }),
+                None => reservation.leave_for_queue(),
             }
         }
     }
     Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
+}
+
+/// A delivery [`insert_event`] is about to write.
+struct NewDelivery {
+    id: String,
+    endpoint_id: String,
+    /// What its claim needs, when it is leased to this process.
+    leased: Option<Leased>,
+}
+
+struct Leased {
+    url: String,
+    payload: Bytes,
+    secrets: Vec<SecretString>,
 }
 
 /// Refuses a write for an organization that does not exist (the tables written per webhook check no

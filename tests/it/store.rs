@@ -324,6 +324,32 @@ on_both_stores! {
         assert!(handoff.take(10, Duration::from_secs(1), |_| true).is_empty(), "closed");
     }
 
+    /// An update fanned out to fifty endpoints is written in a few statements of many deliveries: each
+    /// handed-off claim still names its own delivery (a result recorded under it finishes that one), and the
+    /// deliveries beyond the handoff's room, written in the same statements, wait in the queue.
+    async fn a_wide_fan_out_hands_off_each_delivery_under_its_own_row() {
+        let handoff = Arc::new(Handoff::new(45, Duration::from_secs(60)));
+        let f = fixture_with(Some(handoff.clone())).await;
+        for _ in 0..50 {
+            f.endpoint(true).await;
+        }
+        f.events(1).await;
+        let handed = handoff.take(100, Duration::from_secs(1), |_| true);
+        assert_eq!(handed.len(), 45);
+        let now = tidings::domain::time::now_ms();
+        let queued = f.store.claim_due(now, now + 1_000, 100, &[]).await.unwrap();
+        assert_eq!(queued.len(), 5, "beyond the handoff's room");
+        let endpoints: HashSet<&str> = handed.iter().chain(&queued).map(|c| c.endpoint_id.as_str()).collect();
+        assert_eq!(endpoints.len(), 50, "one delivery per endpoint");
+
+        let results: Vec<AttemptResult> = handed.iter().chain(&queued).map(|c| result(c, Next::Succeeded)).collect();
+        f.store.record_attempts(results.into()).await.unwrap();
+        for claim in handed.iter().chain(&queued) {
+            let (delivery, attempts) = f.store.get_delivery(&f.org, &claim.delivery_id).await.unwrap().unwrap();
+            assert_eq!((delivery.status, attempts.len()), (DeliveryStatus::Succeeded, 1), "{}", claim.delivery_id);
+        }
+    }
+
     /// Writes committed together stand or fall alone: one that fails (an event for an organization that does
     /// not exist) among many sent at once is refused, and every other is kept.
     async fn a_failing_write_leaves_the_others_of_its_batch_alone() {
