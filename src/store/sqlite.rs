@@ -1060,40 +1060,53 @@ impl Store for SqliteStore {
                          AND d.endpoint_id NOT IN (SELECT value FROM json_each(?4)) \
                          AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id AND e.enabled = 1) \
                        ORDER BY d.run_at LIMIT ?5) \
-                     RETURNING seq",
+                     RETURNING seq, id, event_id, endpoint_id, scheduled_count, manual",
                 )?
-                .query_map(params![lease_until, token, now, exclude, i64::from(limit)], |r| r.get::<_, i64>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .query_map(params![lease_until, token, now, exclude, i64::from(limit)], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)?, r.get(5)?))
+                })?
+                .collect::<rusqlite::Result<Vec<(i64, String, String, String, i64, bool)>>>()?;
             if claimed.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut read = c.prepare_cached(
-                "SELECT d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual, ev.payload, e.url, e.secret, \
-                        e.previous_secret, e.previous_secret_until \
-                 FROM deliveries d JOIN events ev ON ev.id = d.event_id JOIN endpoints e ON e.id = d.endpoint_id \
-                 WHERE d.seq = ?",
-            )?;
-            let mut claims = Vec::with_capacity(claimed.len());
+            // What the claims need of their events and endpoints, read once for each: a fan-out claims many
+            // deliveries of one event, and a queue holds many of one endpoint.
             let mut bodies = SharedBodies::default();
-            for seq in claimed {
-                let claim = read.query_row([seq], |r| {
-                    let event_id: String = r.get(1)?;
-                    let payload = bodies.share(&event_id, || r.get::<_, String>(5).map(Bytes::from))?;
-                    Ok(Claim {
-                        delivery_id: r.get(0)?,
-                        row: seq,
-                        lease_token: token.clone(),
-                        lease_until,
-                        secrets: signing_secrets(r.get(7)?, r.get(8)?, r.get(9)?, now),
-                        event_id,
-                        endpoint_id: r.get(2)?,
-                        url: r.get(6)?,
-                        payload,
-                        scheduled_count: r.get::<_, i64>(3)?.max(0) as u32,
-                        trigger: if r.get::<_, bool>(4)? { Trigger::Manual } else { Trigger::Scheduled },
-                    })
+            let mut targets: HashMap<String, (String, Vec<SecretString>)> = HashMap::new();
+            let mut claims = Vec::with_capacity(claimed.len());
+            for (seq, delivery_id, event_id, endpoint_id, scheduled_count, manual) in claimed {
+                let payload = bodies.share(&event_id, || {
+                    c.prepare_cached("SELECT payload FROM events WHERE id = ?")?
+                        .query_row([&event_id], |r| r.get::<_, String>(0))
+                        .map(Bytes::from)
                 })?;
-                claims.push(claim);
+                let (url, secrets) = match targets.get(&endpoint_id) {
+                    Some(target) => target.clone(),
+                    None => {
+                        let target = c
+                            .prepare_cached(
+                                "SELECT url, secret, previous_secret, previous_secret_until FROM endpoints WHERE id = ?",
+                            )?
+                            .query_row([&endpoint_id], |r| {
+                                Ok((r.get::<_, String>(0)?, signing_secrets(r.get(1)?, r.get(2)?, r.get(3)?, now)))
+                            })?;
+                        targets.insert(endpoint_id.clone(), target.clone());
+                        target
+                    }
+                };
+                claims.push(Claim {
+                    delivery_id,
+                    row: seq,
+                    lease_token: token.clone(),
+                    lease_until,
+                    secrets,
+                    event_id,
+                    endpoint_id,
+                    url,
+                    payload,
+                    scheduled_count: scheduled_count.max(0) as u32,
+                    trigger: if manual { Trigger::Manual } else { Trigger::Scheduled },
+                });
             }
             Ok(claims)
         })
