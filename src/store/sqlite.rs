@@ -126,13 +126,18 @@ enum Hot {
     InsertDelivery,
     InsertDeliveries8,
     InsertDeliveries32,
+    /// An attempt's result ([`result_rows`] writes several in two statements).
     LogAttempt,
     AdvanceDelivery,
+    LogAttempts8,
+    AdvanceDeliveries8,
+    LogAttempts32,
+    AdvanceDeliveries32,
 }
 
 impl Hot {
     /// One slot per statement: the last one's number, plus one.
-    const COUNT: usize = Hot::AdvanceDelivery as usize + 1;
+    const COUNT: usize = Hot::AdvanceDeliveries32 as usize + 1;
 
     fn sql(self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
@@ -160,6 +165,10 @@ impl Hot {
             Hot::InsertDelivery => return delivery_rows(1).into(),
             Hot::InsertDeliveries8 => return delivery_rows(8).into(),
             Hot::InsertDeliveries32 => return delivery_rows(32).into(),
+            Hot::LogAttempts8 => return result_rows(8).0.into(),
+            Hot::AdvanceDeliveries8 => return result_rows(8).1.into(),
+            Hot::LogAttempts32 => return result_rows(32).0.into(),
+            Hot::AdvanceDeliveries32 => return result_rows(32).1.into(),
             // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile. Both
             // statements find the delivery by its row number (`?7`, `?6`), as claimed, and check its id: a row
             // number freed by a delete can be given to a later row.
@@ -201,6 +210,43 @@ fn delivery_rows(n: usize) -> String {
 
 /// The values of one delivery in [`delivery_rows`].
 const DELIVERY_VALUES: usize = 5;
+
+/// Records `n` attempts' results, as [`Hot::LogAttempt`] and [`Hot::AdvanceDelivery`] record one, each
+/// statement joining its rows of values to the deliveries by row number (and id). The log takes eight values
+/// per result (trigger, start, duration, status code, error, response body, row, id); the advance takes `?1`
+/// now, then six per result (lease token, scheduled attempts to add, status, next attempt, row, id). No two
+/// results of one statement may be for the same delivery: the second would not see the first.
+fn result_rows(n: usize) -> (String, String) {
+    let values = |per: usize, from: usize| -> String {
+        let rows: Vec<String> = (0..n)
+            .map(|i| {
+                let at = from + per * i;
+                let row: Vec<String> = (at..at + per).map(|k| format!("?{k}")).collect();
+                format!("({})", row.join(", "))
+            })
+            .collect();
+        rows.join(", ")
+    };
+    let log = format!(
+        "INSERT OR FAIL INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
+         response_body) SELECT d.id, d.attempt_count + 1, v.column1, v.column2, v.column3, v.column4, v.column5, \
+         v.column6 FROM (VALUES {}) AS v JOIN deliveries d ON d.seq = v.column7 AND d.id = v.column8",
+        values(8, 1)
+    );
+    let advance = format!(
+        "UPDATE OR FAIL deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
+           scheduled_count = scheduled_count + CASE WHEN lease_token = v.column1 THEN v.column2 ELSE 0 END, \
+           status = CASE WHEN lease_token = v.column1 THEN v.column3 ELSE status END, \
+           next_attempt_at = CASE WHEN lease_token = v.column1 THEN v.column4 ELSE next_attempt_at END, \
+           run_at = CASE WHEN lease_token = v.column1 THEN v.column4 ELSE run_at END, \
+           lease_until = CASE WHEN lease_token = v.column1 THEN NULL ELSE lease_until END, \
+           manual = CASE WHEN lease_token = v.column1 THEN 0 ELSE manual END, \
+           lease_token = CASE WHEN lease_token = v.column1 THEN NULL ELSE lease_token END \
+         FROM (VALUES {}) AS v WHERE deliveries.seq = v.column5 AND deliveries.id = v.column6",
+        values(6, 2)
+    );
+    (log, advance)
+}
 
 /// The writer's connection as its writes see it: the connection itself, and the [`Hot`] statements.
 pub struct Tx<'c> {
@@ -716,6 +762,36 @@ fn insert_event(
     Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
 }
 
+/// Writes the results of distinct deliveries with the statements for their number ([`result_rows`]; the
+/// one-result statements number their values the same way, the advance's `?1` apart).
+fn write_results(c: &Tx<'_>, results: &[AttemptResult], log: Hot, advance: Hot, now: Millis) -> Result<()> {
+    let (mut log, mut advance) = (c.hot(log)?, c.hot(advance)?);
+    advance.raw_bind_parameter(1, now)?;
+    for (i, result) in results.iter().enumerate() {
+        let a = &result.attempt;
+        let at = 1 + 8 * i;
+        log.raw_bind_parameter(at, a.trigger.as_str())?;
+        log.raw_bind_parameter(at + 1, a.started_at)?;
+        log.raw_bind_parameter(at + 2, a.duration_ms)?;
+        log.raw_bind_parameter(at + 3, a.status_code)?;
+        log.raw_bind_parameter(at + 4, &a.error)?;
+        log.raw_bind_parameter(at + 5, &a.response_body)?;
+        log.raw_bind_parameter(at + 6, result.row)?;
+        log.raw_bind_parameter(at + 7, &result.delivery_id)?;
+        let (status, next_at) = next_columns(result.next);
+        let at = 2 + 6 * i;
+        advance.raw_bind_parameter(at, &result.lease_token)?;
+        advance.raw_bind_parameter(at + 1, i64::from(a.trigger == Trigger::Scheduled))?;
+        advance.raw_bind_parameter(at + 2, status)?;
+        advance.raw_bind_parameter(at + 3, next_at)?;
+        advance.raw_bind_parameter(at + 4, result.row)?;
+        advance.raw_bind_parameter(at + 5, &result.delivery_id)?;
+    }
+    log.raw_execute()?;
+    advance.raw_execute()?;
+    Ok(())
+}
+
 /// A delivery [`insert_event`] is about to write.
 struct NewDelivery {
     id: String,
@@ -1135,23 +1211,23 @@ impl Store for SqliteStore {
         // Each result holds a slot of the attempts in flight until it is written.
         self.write_first(move |c| {
             let now = now_ms();
-            let (mut log, mut advance) = (c.hot(Hot::LogAttempt)?, c.hot(Hot::AdvanceDelivery)?);
-            for result in results.iter() {
-                let a = &result.attempt;
-                log.execute(params![
-                    a.trigger.as_str(),
-                    a.started_at,
-                    a.duration_ms,
-                    a.status_code,
-                    a.error,
-                    a.response_body,
-                    result.row,
-                    result.delivery_id
-                ])?;
-                let (status, next_at) = next_columns(result.next);
-                let scheduled = i64::from(a.trigger == Trigger::Scheduled);
-                let (row, id) = (result.row, &result.delivery_id);
-                advance.execute(params![now, result.lease_token, scheduled, status, next_at, row, id])?;
+            // Runs of results for distinct deliveries, each written by statements of 32, 8 and 1 results.
+            let mut rest: &[AttemptResult] = &results;
+            while !rest.is_empty() {
+                let mut seen = std::collections::HashSet::new();
+                let run = rest.iter().take_while(|r| seen.insert(r.row)).count();
+                let (mut chunk, after) = rest.split_at(run);
+                rest = after;
+                while !chunk.is_empty() {
+                    let (n, log, advance) = match chunk.len() {
+                        32.. => (32, Hot::LogAttempts32, Hot::AdvanceDeliveries32),
+                        8.. => (8, Hot::LogAttempts8, Hot::AdvanceDeliveries8),
+                        _ => (1, Hot::LogAttempt, Hot::AdvanceDelivery),
+                    };
+                    let (these, after) = chunk.split_at(n);
+                    chunk = after;
+                    write_results(c, these, log, advance, now)?;
+                }
             }
             Ok(())
         })

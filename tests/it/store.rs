@@ -350,6 +350,37 @@ on_both_stores! {
         }
     }
 
+    /// Two results for one delivery in one batch (a late one under an expired lease, and the new lease's) are
+    /// written in their order, among results for other deliveries: two attempts numbered 1 and 2, and only
+    /// the new lease's result moves the delivery.
+    async fn results_for_one_delivery_in_one_batch_are_written_in_order() {
+        let f = fixture().await;
+        for _ in 0..12 {
+            f.endpoint(true).await;
+        }
+        f.events(1).await;
+        let first = f.store.claim_due(NOW, NOW + 1_000, 100, &[]).await.unwrap();
+        assert_eq!(first.len(), 12);
+        let late = &first[0];
+        let again = f.store.claim_due(NOW + 1_001, NOW + 2_000, 1, &[]).await.unwrap();
+        assert_eq!(again.len(), 1);
+        let fresh = &again[0];
+        assert_eq!(fresh.delivery_id, late.delivery_id);
+        // Both within the first eight, as one statement would take them.
+        let mut batch: Vec<AttemptResult> = first[1..].iter().map(|c| result(c, Next::Succeeded)).collect();
+        batch.insert(1, result(late, Next::Undeliverable));
+        batch.insert(4, result(fresh, Next::Succeeded));
+        f.store.record_attempts(batch.into()).await.unwrap();
+
+        let (delivery, attempts) = f.store.get_delivery(&f.org, &late.delivery_id).await.unwrap().unwrap();
+        assert_eq!(attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!((delivery.status, delivery.attempt_count), (DeliveryStatus::Succeeded, 2));
+        for claim in &first[1..] {
+            let (delivery, attempts) = f.store.get_delivery(&f.org, &claim.delivery_id).await.unwrap().unwrap();
+            assert_eq!((delivery.status, attempts.len()), (DeliveryStatus::Succeeded, 1), "{}", claim.delivery_id);
+        }
+    }
+
     /// Writes committed together stand or fall alone: one that fails (an event for an organization that does
     /// not exist) among many sent at once is refused, and every other is kept.
     async fn a_failing_write_leaves_the_others_of_its_batch_alone() {
