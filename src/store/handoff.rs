@@ -108,9 +108,15 @@ impl Handoff {
     /// its deliveries ([`Reservation::settle`]), so taking all the room does not starve the next one. A write
     /// that finds no room (a test event beside a PostgreSQL batch) leaves its deliveries to the queue.
     pub fn reserve(self: &Arc<Self>, now: Millis) -> Reservation {
+        self.reserve_part(now, 1)
+    }
+
+    /// Like [`Self::reserve`], for one of `writers` writes that may run at once (PostgreSQL's committers):
+    /// promises that share of the free places, so the others find room too.
+    pub fn reserve_part(self: &Arc<Self>, now: Millis, writers: usize) -> Reservation {
         let places = if self.open.load(Ordering::Relaxed) {
             let mut state = self.state();
-            let free = self.capacity.saturating_sub(state.queue.len() + state.reserved);
+            let free = self.capacity.saturating_sub(state.queue.len() + state.reserved).div_ceil(writers.max(1));
             state.reserved += free;
             free
         } else {
@@ -186,8 +192,14 @@ impl Handoff {
 impl Reservation {
     /// The places `handoff` can promise one write now, or none for a store without local workers.
     pub fn of(handoff: Option<&Arc<Handoff>>, now: Millis) -> Self {
+        Self::part_of(handoff, now, 1)
+    }
+
+    /// The places `handoff` can promise one of `writers` writes that may run at once
+    /// ([`Handoff::reserve_part`]).
+    pub fn part_of(handoff: Option<&Arc<Handoff>>, now: Millis, writers: usize) -> Self {
         match handoff {
-            Some(handoff) => handoff.reserve(now),
+            Some(handoff) => handoff.reserve_part(now, writers),
             None => {
                 Self { handoff: None, places: 0, token: String::new(), until: now, claims: Vec::new(), left: false }
             }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedMutexGuard, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::handoff::{Handed, Handoff, Reservation};
@@ -100,7 +100,7 @@ fn spawn_committer(
     handoff: Option<Arc<Handoff>>,
 ) -> Result<()> {
     let run = move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(Committer::new(options).run(jobs, handoff)),
+        Ok(runtime) => runtime.block_on(run_committers(options, jobs, handoff)),
         // Dropping `jobs` answers every update `Closed`.
         Err(error) => tracing::error!(%error, "cannot start the update committer"),
     };
@@ -109,6 +109,23 @@ fn spawn_committer(
         .spawn(run)
         .map_err(|e| StoreError::Start(format!("no thread for the update committer: {e}")))?;
     Ok(())
+}
+
+/// Group committers, each with its connection: while one waits for its commit to reach the disk, the other
+/// takes the updates that came meanwhile and writes them.
+const COMMITTERS: usize = 2;
+
+/// The updates waiting, held by the committer whose turn it is to take a batch. It keeps them until its batch
+/// holds the locks of its candidates, so batches lock in the order they were taken and the updates of one
+/// candidate apply in the order they arrived, whichever committer writes them.
+type Turn = Arc<tokio::sync::Mutex<mpsc::Receiver<UpdateJob>>>;
+
+/// Runs the [`COMMITTERS`] until the store is dropped.
+async fn run_committers(options: PgConnectOptions, jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
+    let turn: Turn = Arc::new(tokio::sync::Mutex::new(jobs));
+    let first = Committer::new(options.clone()).run(turn.clone(), handoff.clone());
+    let second = Committer::new(options).run(turn, handoff);
+    tokio::join!(first, second);
 }
 
 /// The longest the committer waits for a connection, as long as the pool waits for one of its own.
@@ -132,12 +149,16 @@ impl Committer {
         Self { options, connection: None }
     }
 
-    /// Takes every update waiting and commits them in one transaction, in a handful of statements whatever
-    /// their number, until the store is dropped.
-    async fn run(mut self, mut jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
+    /// On its turn, takes every update waiting and commits them in one transaction, in a handful of statements
+    /// whatever their number, until the store is dropped.
+    async fn run(mut self, turn: Turn, handoff: Option<Arc<Handoff>>) {
         let mut batch = Vec::with_capacity(UPDATE_BATCH);
-        while jobs.recv_many(&mut batch, UPDATE_BATCH).await > 0 {
-            match self.commit(&batch, handoff.as_ref()).await {
+        loop {
+            let mut jobs = turn.clone().lock_owned().await;
+            if jobs.recv_many(&mut batch, UPDATE_BATCH).await == 0 {
+                break;
+            }
+            match self.commit(&batch, handoff.as_ref(), jobs).await {
                 Ok(done) => {
                     for (job, update) in batch.drain(..).zip(done) {
                         let _ = job.reply.send(update);
@@ -163,10 +184,10 @@ impl Committer {
         &mut self,
         batch: &[UpdateJob],
         handoff: Option<&Arc<Handoff>>,
+        turn: OwnedMutexGuard<mpsc::Receiver<UpdateJob>>,
     ) -> Result<Vec<Result<InterviewUpdate>>> {
         let mut connection = self.connection().await?;
-        // Reserved once connected, so a slow connection attempt holds no places in the handoff.
-        let outcome = apply_updates(&mut connection, batch, Reservation::of(handoff, now_ms())).await;
+        let outcome = apply_updates(&mut connection, batch, handoff, turn).await;
         if !matches!(outcome, Err(StoreError::Database(_))) {
             self.connection = Some((connection, Instant::now()));
         }
@@ -197,7 +218,8 @@ impl Committer {
 async fn apply_updates(
     connection: &mut PgConnection,
     jobs: &[UpdateJob],
-    mut reservation: Reservation,
+    handoff: Option<&Arc<Handoff>>,
+    turn: OwnedMutexGuard<mpsc::Receiver<UpdateJob>>,
 ) -> Result<Vec<Result<InterviewUpdate>>> {
     let now = now_ms();
     let mut tx = connection.begin().await?;
@@ -219,6 +241,10 @@ async fn apply_updates(
     .await?
     .into_iter()
     .collect();
+    // The candidates are locked: the next batch may take its own locks.
+    drop(turn);
+    // Reserved once locked, so a batch waiting for a connection or a lock holds no places in the handoff.
+    let mut reservation = Reservation::part_of(handoff, now, COMMITTERS);
     let candidates: Vec<&str> = jobs.iter().map(|j| j.candidate_id.as_str()).collect();
     let stored: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT org_id, candidate_id, data FROM interviews \

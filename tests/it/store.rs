@@ -381,6 +381,37 @@ on_both_stores! {
         }
     }
 
+    /// Updates of one candidate sent together, without waiting for each answer, apply in the order they were
+    /// sent, whichever transaction (and on PostgreSQL whichever committer) writes each: every diff starts
+    /// where the one before ended.
+    async fn updates_of_one_candidate_sent_together_apply_in_order() {
+        let f = fixture().await;
+        let summaries: Vec<String> = (0..60).map(|i| format!("summary {i}")).collect();
+        let patches: Vec<InterviewPatch> = summaries
+            .iter()
+            .map(|s| InterviewPatch::parse(&serde_json::json!({"interview_summary": s})).unwrap())
+            .collect();
+        // Polled in this order, each future sends its update before the next is polled; other candidates'
+        // updates in between make several batches.
+        let others: Vec<String> = (0..patches.len()).map(|i| format!("cand_other_{i}")).collect();
+        let (store, org) = (&f.store, &f.org);
+        let updates = patches.iter().zip(&others).flat_map(|(patch, other)| {
+            [store.update_interview(org, "cand_1", patch), store.update_interview(org, other, patch)]
+        });
+        let outcomes = futures_util::future::join_all(updates).await;
+        let mut before: Option<&str> = None;
+        for (i, outcome) in outcomes.iter().step_by(2).enumerate() {
+            let event = outcome.as_ref().unwrap().event.as_ref().expect("a change");
+            let body: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
+            let change = &body["changes"]["interview_summary"];
+            assert_eq!(change["from"].as_str(), before, "update {i} starts where the one before ended");
+            assert_eq!(change["to"].as_str(), Some(summaries[i].as_str()));
+            before = Some(&summaries[i]);
+        }
+        let last = f.store.get_interview(&f.org, "cand_1").await.unwrap().unwrap();
+        assert_eq!(last.interview_summary.as_deref(), Some("summary 59"));
+    }
+
     /// Writes committed together stand or fall alone: one that fails (an event for an organization that does
     /// not exist) among many sent at once is refused, and every other is kept.
     async fn a_failing_write_leaves_the_others_of_its_batch_alone() {
@@ -572,8 +603,9 @@ async fn postgres_rows_are_keyed_by_their_ids_alone() {
     assert_eq!(indexes, 1, "the key is the only index attempts need");
 }
 
-/// The update committer has a connection of its own. Lost while idle, it is found out and replaced before the
-/// next update; lost under an update, that update fails and writes nothing, and the next one connects again.
+/// Each update committer has a connection of its own (they take batches in turn). Lost while idle, it is found
+/// out and replaced before the next update; lost under an update, that update fails and writes nothing, and
+/// the next one connects again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_updates_go_on_after_the_committers_connection_is_lost() {
     use tidings::store::postgres::{CHECK_AFTER_IDLE, COMMITTER_NAME};
@@ -590,7 +622,7 @@ async fn postgres_updates_go_on_after_the_committers_connection_is_lost() {
         async move { store.update_interview(&org, candidate, &patch).await }
     };
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
-    let end_committers_connection = || async {
+    let end_committers_connections = || async {
         let ended: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE application_name = $1 AND datname = current_database()",
@@ -599,23 +631,33 @@ async fn postgres_updates_go_on_after_the_committers_connection_is_lost() {
         .fetch_all(&pool)
         .await
         .unwrap();
-        assert_eq!(ended, [true], "the committer has one connection, and it is ended");
+        assert_eq!(ended, [true, true], "each of the two committers has one connection, and they are ended");
     };
 
-    update("cand_before").await.expect("an update before the loss");
-    end_committers_connection().await;
+    // One update for each committer, in turn: both connect.
+    update("cand_before_1").await.expect("an update before the loss");
+    update("cand_before_2").await.expect("an update before the loss");
+    end_committers_connections().await;
     tokio::time::sleep(CHECK_AFTER_IDLE + Duration::from_millis(100)).await;
-    update("cand_after_idle").await.expect("a connection lost while idle is replaced before the update");
-
-    end_committers_connection().await;
-    // Straight after the last update the connection is used unchecked, so this one meets the loss (unless this
-    // machine took longer than the idle check to get here, and the check found it).
-    if update("cand_broken").await.is_err() {
-        assert!(store.get_interview(&org, "cand_broken").await.unwrap().is_none(), "a failed update writes nothing");
+    for candidate in ["cand_after_idle_1", "cand_after_idle_2"] {
+        update(candidate).await.expect("a connection lost while idle is replaced before the update");
     }
-    let after = update("cand_after").await.expect("the next update connects again");
-    assert!(after.event.is_some());
-    for candidate in ["cand_before", "cand_after_idle", "cand_after"] {
+
+    end_committers_connections().await;
+    // Straight after the last updates the connections are used unchecked, so these meet the loss (unless this
+    // machine took longer than the idle check to get here, and the check found it).
+    for candidate in ["cand_broken_1", "cand_broken_2"] {
+        if update(candidate).await.is_err() {
+            assert!(store.get_interview(&org, candidate).await.unwrap().is_none(), "a failed update writes nothing");
+        }
+    }
+    for candidate in ["cand_after_1", "cand_after_2"] {
+        let after = update(candidate).await.expect("the next update connects again");
+        assert!(after.event.is_some());
+    }
+    for candidate in
+        ["cand_before_1", "cand_before_2", "cand_after_idle_1", "cand_after_idle_2", "cand_after_1", "cand_after_2"]
+    {
         assert!(store.get_interview(&org, candidate).await.unwrap().is_some(), "{candidate}");
     }
 }
