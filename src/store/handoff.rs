@@ -321,6 +321,18 @@ mod tests {
     }
 
     #[test]
+    fn writers_running_at_once_are_promised_shares_of_the_free_places() {
+        let handoff = Arc::new(Handoff::new(10, Duration::from_secs(60)));
+        let first = handoff.reserve_part(now_ms(), 2);
+        assert_eq!(first.room(), 5, "half of ten");
+        let second = handoff.reserve_part(now_ms(), 2);
+        assert_eq!(second.room(), 3, "half of the five left, rounded up");
+        drop(first);
+        drop(second);
+        assert_eq!(handoff.reserve(now_ms()).room(), 10, "every place came back");
+    }
+
+    #[test]
     fn claims_from_the_store_wait_in_the_queue_while_there_is_room() {
         let handoff = Arc::new(Handoff::new(3, Duration::from_secs(60)));
         hand_off_one(&handoff, "ep_a");
