@@ -54,16 +54,31 @@ pub struct WorkerConfig {
     pub retry: Arc<RetryPolicy>,
 }
 
+/// How many attempts, per slot of `max_in_flight`, may be claimed and not yet recorded: those in flight and
+/// those answered whose results wait for the store's next group commit. A slot is free again once its request
+/// is answered, rather than once its result is written, while results waiting stay within this bound.
+const UNRECORDED_PER_SLOT: usize = 2;
+
 /// Attempts in flight in this process.
 #[derive(Default)]
 struct InFlight {
-    /// Claimed and not yet recorded: what a crash could make repeat, bounded by `max_in_flight`.
+    /// Claimed and not yet recorded: what a crash could make repeat, bounded by [`UNRECORDED_PER_SLOT`] times
+    /// `max_in_flight`.
     total: usize,
+    /// Claimed and not yet answered: the requests open, bounded by `max_in_flight`.
+    requests: usize,
     /// Requests open to each endpoint, bounded by `endpoint_concurrency` to spare the receiver.
     per_endpoint: HashMap<String, usize>,
 }
 
 impl InFlight {
+    /// How many more attempts may start: open requests below `max_in_flight`, and results not yet recorded
+    /// below their bound.
+    fn free(&self, max_in_flight: usize) -> usize {
+        let unrecorded = (UNRECORDED_PER_SLOT * max_in_flight).saturating_sub(self.total);
+        max_in_flight.saturating_sub(self.requests).min(unrecorded)
+    }
+
     /// Takes a slot for `claim` if its endpoint has one free.
     fn admit(&mut self, claim: &Claim, endpoint_concurrency: usize) -> bool {
         let count = self.per_endpoint.entry(claim.endpoint_id.clone()).or_insert(0);
@@ -72,11 +87,13 @@ impl InFlight {
         }
         *count += 1;
         self.total += 1;
+        self.requests += 1;
         true
     }
 
     /// An endpoint answered (or failed): its request slot is free.
     fn answered(&mut self, endpoint_id: &str) {
+        self.requests = self.requests.saturating_sub(1);
         if let Some(count) = self.per_endpoint.get_mut(endpoint_id) {
             *count -= 1;
             if *count == 0 {
@@ -216,7 +233,7 @@ impl Dispatcher {
     /// reading wakes the loop again.
     fn capacity(&self) -> (usize, Vec<String>) {
         let in_flight = self.in_flight();
-        let mut free = self.config.max_in_flight.saturating_sub(in_flight.total);
+        let mut free = in_flight.free(self.config.max_in_flight);
         // A small `--max-in-flight` still claims once a quarter of it is free.
         let worth_a_query = CLAIM_MIN.min(self.config.max_in_flight / 4).max(1);
         if free < worth_a_query && free < self.config.max_in_flight {
@@ -338,7 +355,7 @@ impl Starter {
     /// The queued claims there are slots for, their slots taken.
     fn take(&self) -> Vec<Claim> {
         let mut in_flight = lock(&self.attempt.slots.in_flight);
-        let free = self.max_in_flight.saturating_sub(in_flight.total);
+        let free = in_flight.free(self.max_in_flight);
         if free == 0 {
             return Vec::new();
         }
@@ -405,7 +422,8 @@ impl Attempt {
             next,
         };
         // The recorder only stops after every sender is dropped, so this cannot fail while we hold one.
-        // Its overall slot is freed only once it is recorded, so a crash can repeat at most `max_in_flight`.
+        // It counts among the unrecorded until it is written, so a crash can repeat at most twice
+        // `max_in_flight` attempts.
         let _ = self.results.send(result).await;
     }
 }
@@ -457,5 +475,49 @@ async fn record_loop(
             slots.wake.notify_one();
         }
         slots.freed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::InFlight;
+    use crate::store::{Claim, Trigger};
+
+    fn claim(endpoint: &str) -> Claim {
+        Claim {
+            delivery_id: "dlv_1".into(),
+            row: 0,
+            lease_token: "lease_1".into(),
+            lease_until: 0,
+            event_id: "evt_1".into(),
+            endpoint_id: endpoint.into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            payload: Bytes::from_static(b"{}"),
+            secrets: Vec::new(),
+            scheduled_count: 0,
+            trigger: Trigger::Scheduled,
+        }
+    }
+
+    /// A slot frees when its request is answered, not when its result is written; results waiting to be
+    /// written hold starts back once they reach twice the slots.
+    #[test]
+    fn slots_free_on_answers_while_unrecorded_results_stay_bounded() {
+        let mut in_flight = InFlight::default();
+        assert_eq!(in_flight.free(2), 2);
+        assert!(in_flight.admit(&claim("ep_a"), 64) && in_flight.admit(&claim("ep_b"), 64));
+        assert_eq!(in_flight.free(2), 0, "two requests open");
+        in_flight.answered("ep_a");
+        assert_eq!(in_flight.free(2), 1, "an answer frees its slot before its result is written");
+        assert!(in_flight.admit(&claim("ep_a"), 64));
+        in_flight.answered("ep_a");
+        in_flight.answered("ep_b");
+        assert_eq!(in_flight.free(2), 1, "three results unwritten: one more may start");
+        assert!(in_flight.admit(&claim("ep_a"), 64));
+        assert_eq!(in_flight.free(2), 0, "four claimed and unwritten, though only one request is open");
+        in_flight.total -= 3;
+        assert_eq!(in_flight.free(2), 1);
     }
 }

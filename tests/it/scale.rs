@@ -171,9 +171,10 @@ async fn a_killed_process_loses_nothing() {
     eprintln!(
         "scale: killed 1 of 3 processes mid-run; 3000 events x 3 endpoints all delivered, {duplicated} duplicates"
     );
+    // Claimed and not recorded: the attempts in flight, and as many answered whose results were not yet written.
     assert!(
-        duplicated <= MAX_IN_FLIGHT,
-        "only attempts in flight in the killed process may repeat: {duplicated} > {MAX_IN_FLIGHT}"
+        duplicated <= 2 * MAX_IN_FLIGHT,
+        "only attempts the killed process had not recorded may repeat: {duplicated} > 2 x {MAX_IN_FLIGHT}"
     );
 }
 
