@@ -480,25 +480,11 @@ async fn record_loop(
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::InFlight;
-    use crate::store::{Claim, Trigger};
+    use crate::store::Claim;
 
     fn claim(endpoint: &str) -> Claim {
-        Claim {
-            delivery_id: "dlv_1".into(),
-            row: 0,
-            lease_token: "lease_1".into(),
-            lease_until: 0,
-            event_id: "evt_1".into(),
-            endpoint_id: endpoint.into(),
-            url: "http://127.0.0.1:9/hook".into(),
-            payload: Bytes::from_static(b"{}"),
-            secrets: Vec::new(),
-            scheduled_count: 0,
-            trigger: Trigger::Scheduled,
-        }
+        Claim::for_test(endpoint, "http://127.0.0.1:9/hook", Vec::new())
     }
 
     /// A slot frees when its request is answered, not when its result is written; results waiting to be

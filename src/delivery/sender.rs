@@ -240,29 +240,15 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use secrecy::SecretString;
 
     use super::*;
-    use crate::store::Trigger;
 
     /// The Standard Webhooks specification's example secret.
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     fn claim(url: String, secret: &str) -> Claim {
-        Claim {
-            delivery_id: "dlv_1".into(),
-            row: 0,
-            lease_token: "lease_1".into(),
-            lease_until: 0,
-            event_id: "evt_1".into(),
-            endpoint_id: "ep_1".into(),
-            url,
-            payload: Bytes::from_static(b"{}"),
-            secrets: vec![SecretString::from(secret.to_owned())],
-            scheduled_count: 0,
-            trigger: Trigger::Scheduled,
-        }
+        Claim::for_test("ep_1", &url, vec![SecretString::from(secret.to_owned())])
     }
 
     /// A secret that does not decode (only a damaged store has one) fails the attempt before anything is sent.

@@ -294,6 +294,26 @@ pub struct Claim {
     pub trigger: Trigger,
 }
 
+#[cfg(test)]
+impl Claim {
+    /// A first, scheduled attempt's claim of a `{}` body to `endpoint_id` at `url`, for unit tests.
+    pub(crate) fn for_test(endpoint_id: &str, url: &str, secrets: Vec<SecretString>) -> Self {
+        Self {
+            delivery_id: "dlv_1".into(),
+            row: 0,
+            lease_token: "lease_1".into(),
+            lease_until: 0,
+            event_id: "evt_1".into(),
+            endpoint_id: endpoint_id.into(),
+            url: url.into(),
+            payload: Bytes::from_static(b"{}"),
+            secrets,
+            scheduled_count: 0,
+            trigger: Trigger::Scheduled,
+        }
+    }
+}
+
 /// The result of one attempt, to be recorded.
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
