@@ -79,8 +79,11 @@ impl InFlight {
         max_in_flight.saturating_sub(self.requests).min(unrecorded)
     }
 
-    /// Takes a slot for `claim` if its endpoint has one free.
-    fn admit(&mut self, claim: &Claim, endpoint_concurrency: usize) -> bool {
+    /// Takes a slot for `claim` if one is free ([`Self::free`]) and its endpoint has one free.
+    fn admit(&mut self, claim: &Claim, endpoint_concurrency: usize, max_in_flight: usize) -> bool {
+        if self.free(max_in_flight) == 0 {
+            return false;
+        }
         let count = self.per_endpoint.entry(claim.endpoint_id.clone()).or_insert(0);
         if *count >= endpoint_concurrency {
             return false;
@@ -254,8 +257,10 @@ impl Dispatcher {
         self.store.claim_due(now, now + self.lease(), limit as u32, exclude).await
     }
 
-    /// Starts a task per claim that fits the per-endpoint bound. The rest wait in the handoff's queue for a
-    /// slot, or, when it is full (or there is none), are given back at once. Answers whether any were.
+    /// Starts a task per claim that fits the bounds: the slots may have been taken since they were counted (by
+    /// the handoff's starter), and the claim's endpoint may be at its own bound. The rest wait in the
+    /// handoff's queue for a slot, or, when it is full (or there is none), are given back at once. Answers
+    /// whether any were.
     async fn dispatch(
         &self,
         claims: Vec<Claim>,
@@ -264,7 +269,7 @@ impl Dispatcher {
     ) -> bool {
         let mut overflow = Vec::new();
         for claim in claims {
-            if self.in_flight().admit(&claim, self.config.endpoint_concurrency) {
+            if self.in_flight().admit(&claim, self.config.endpoint_concurrency, self.config.max_in_flight) {
                 self.start(claim, results, tasks);
             } else {
                 overflow.push(claim);
@@ -359,8 +364,8 @@ impl Starter {
         if free == 0 {
             return Vec::new();
         }
-        let per_endpoint = self.endpoint_concurrency;
-        self.handoff.take(free, self.attempt_timeout + START_MARGIN, |claim| in_flight.admit(claim, per_endpoint))
+        let (per_endpoint, most) = (self.endpoint_concurrency, self.max_in_flight);
+        self.handoff.take(free, self.attempt_timeout + START_MARGIN, |claim| in_flight.admit(claim, per_endpoint, most))
     }
 }
 
@@ -493,16 +498,18 @@ mod tests {
     fn slots_free_on_answers_while_unrecorded_results_stay_bounded() {
         let mut in_flight = InFlight::default();
         assert_eq!(in_flight.free(2), 2);
-        assert!(in_flight.admit(&claim("ep_a"), 64) && in_flight.admit(&claim("ep_b"), 64));
+        assert!(in_flight.admit(&claim("ep_a"), 64, 2) && in_flight.admit(&claim("ep_b"), 64, 2));
         assert_eq!(in_flight.free(2), 0, "two requests open");
+        assert!(!in_flight.admit(&claim("ep_c"), 64, 2), "no slot is free");
         in_flight.answered("ep_a");
         assert_eq!(in_flight.free(2), 1, "an answer frees its slot before its result is written");
-        assert!(in_flight.admit(&claim("ep_a"), 64));
+        assert!(in_flight.admit(&claim("ep_a"), 64, 2));
         in_flight.answered("ep_a");
         in_flight.answered("ep_b");
         assert_eq!(in_flight.free(2), 1, "three results unwritten: one more may start");
-        assert!(in_flight.admit(&claim("ep_a"), 64));
+        assert!(in_flight.admit(&claim("ep_a"), 64, 2));
         assert_eq!(in_flight.free(2), 0, "four claimed and unwritten, though only one request is open");
+        assert!(!in_flight.admit(&claim("ep_b"), 64, 2), "the unwritten results hold starts back");
         in_flight.total -= 3;
         assert_eq!(in_flight.free(2), 1);
     }

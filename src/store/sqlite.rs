@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::cell::{RefCell, RefMut};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -290,6 +291,8 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     /// This process's workers, when it runs any: new deliveries are leased and handed to them.
     handoff: Option<Arc<Handoff>>,
+    /// Set once a sync of the log has failed: the store takes no more writes ([`sync_loop`]).
+    sync_failed: Arc<AtomicBool>,
 }
 
 /// Reader connections: at most [`READERS`] in use at once, kept open between reads.
@@ -366,6 +369,7 @@ fn write_loop(
     jobs: mpsc::Receiver<Box<dyn Job>>,
     committed: mpsc::SyncSender<()>,
     synced: mpsc::Sender<Committed>,
+    sync_failed: Arc<AtomicBool>,
 ) {
     let tx = Tx::new(&connection);
     let (mut first, mut rest) = (VecDeque::new(), VecDeque::new());
@@ -381,6 +385,13 @@ fn write_loop(
         };
         for job in arrived.into_iter().chain(jobs.try_iter()) {
             if job.first() { first.push_back(job) } else { rest.push_back(job) }
+        }
+        // A sync failed: nothing more is run, so nothing more can be committed and left unanswered.
+        if sync_failed.load(Ordering::SeqCst) {
+            for job in first.into_iter().chain(rest) {
+                job.finish(Some(SYNC_FAILED));
+            }
+            return;
         }
         let mut batch: Vec<Box<dyn Job>> = first.drain(..).collect();
         let room = WRITE_BATCH.saturating_sub(batch.len()).min(rest.len());
@@ -419,13 +430,16 @@ const SYNC_FAILED: &str = "the write-ahead log could not be synced to disk; the 
 /// this thread answered. A write can be read by others in the moment between its commit and its sync.
 ///
 /// A failed sync leaves it unknown what is on disk: the writes are answered with an error, and the thread
-/// stops, which stops the writer.
-fn sync_loop(log: std::fs::File, committed: mpsc::Receiver<Committed>) {
+/// stops, which stops the writer. The writer runs nothing more once it sees the failure; a transaction it was
+/// already running may still commit, and is answered with the error too. The store's health check fails from
+/// then on.
+fn sync_loop(log: std::fs::File, committed: mpsc::Receiver<Committed>, sync_failed: Arc<AtomicBool>) {
     while let Ok(one) = committed.recv() {
         let mut all = vec![one];
         all.extend(committed.try_iter());
         let failed = log.sync_data().err();
         if let Some(error) = &failed {
+            sync_failed.store(true, Ordering::SeqCst);
             tracing::error!(%error, "cannot sync the write-ahead log; the store takes no more writes");
         }
         for Committed { batch, commit_error } in all {
@@ -435,6 +449,12 @@ fn sync_loop(log: std::fs::File, committed: mpsc::Receiver<Committed>) {
             }
         }
         if failed.is_some() {
+            // What the writer committed meanwhile is answered too, not dropped unanswered.
+            for Committed { batch, .. } in committed.try_iter() {
+                for job in batch {
+                    job.finish(Some(SYNC_FAILED));
+                }
+            }
             return;
         }
     }
@@ -550,7 +570,8 @@ impl SqliteStore {
         })
         .await
         .map_err(|_| StoreError::Closed)??;
-        let log = open_log(&path)?;
+        // SQLite's own name for the database file (links resolved): its log is beside it.
+        let log = open_log(writer.path().filter(|p| !p.is_empty()).unwrap_or(&path))?;
         writer.execute_batch("PRAGMA synchronous = NORMAL")?;
         let (jobs, receiver) = mpsc::channel();
         let (committed, heard) = mpsc::sync_channel(1);
@@ -558,10 +579,15 @@ impl SqliteStore {
         let thread = |name: &str| std::thread::Builder::new().name(format!("sqlite-{name}"));
         let cannot_start = |e: std::io::Error| StoreError::Start(format!("no thread for the store: {e}"));
         thread("checkpt").spawn(move || checkpoint_loop(checkpointer, heard)).map_err(cannot_start)?;
-        thread("sync").spawn(move || sync_loop(log, synced)).map_err(cannot_start)?;
-        thread("writer").spawn(move || write_loop(writer, receiver, committed, to_sync)).map_err(cannot_start)?;
+        let sync_failed = Arc::new(AtomicBool::new(false));
+        let failed = sync_failed.clone();
+        thread("sync").spawn(move || sync_loop(log, synced, failed)).map_err(cannot_start)?;
+        let failed = sync_failed.clone();
+        thread("writer")
+            .spawn(move || write_loop(writer, receiver, committed, to_sync, failed))
+            .map_err(cannot_start)?;
         let readers = Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(READERS) };
-        Ok(Self { jobs, readers: Arc::new(readers), handoff })
+        Ok(Self { jobs, readers: Arc::new(readers), handoff, sync_failed })
     }
 
     /// Runs `f` on the writer thread, in the next group transaction; answers once that has committed. `f` may
@@ -869,6 +895,9 @@ fn get_endpoint(c: &Connection, org: &str, id: &str) -> Result<Option<EndpointRe
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
+        if self.sync_failed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
     }
 
@@ -1285,7 +1314,8 @@ impl Store for SqliteStore {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use std::sync::mpsc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, mpsc};
 
     use super::{Committed, Job, SYNC_FAILED, SqliteStore, Tx, connect, file_path, migrate, sync_loop, write_loop};
     use crate::store::{Fanout, Store};
@@ -1345,7 +1375,7 @@ mod tests {
         to_sync.send(committed(&probes, None)).unwrap();
         to_sync.send(committed(&probes, Some("disk full"))).unwrap();
         drop(to_sync);
-        sync_loop(log, synced);
+        sync_loop(log, synced, Arc::new(AtomicBool::new(false)));
         assert_eq!(answers.try_iter().collect::<Vec<_>>(), [None, Some("disk full".to_owned())]);
     }
 
@@ -1357,9 +1387,27 @@ mod tests {
         let (to_sync, synced) = mpsc::channel();
         let (probes, answers) = mpsc::channel();
         to_sync.send(committed(&probes, None)).unwrap();
-        sync_loop(log, synced);
+        let failed = Arc::new(AtomicBool::new(false));
+        sync_loop(log, synced, failed.clone());
         assert_eq!(answers.try_recv().unwrap().as_deref(), Some(SYNC_FAILED));
+        assert!(failed.load(Ordering::SeqCst), "the writer and the health check are not told");
         assert!(to_sync.send(committed(&probes, None)).is_err(), "the syncer still listens");
+    }
+
+    #[test]
+    fn after_a_failed_sync_the_writer_runs_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut connection = connect(dir.path().join("t.db").to_str().unwrap()).unwrap();
+        migrate(&mut connection).unwrap();
+        let (jobs, waiting) = mpsc::channel::<Box<dyn Job>>();
+        let (checkpointer, _heard) = mpsc::sync_channel(1);
+        // The syncer is still there to hear, but has failed.
+        let (to_sync, synced) = mpsc::channel();
+        let (probes, answers) = mpsc::channel();
+        jobs.send(Box::new(Probe(probes.clone()))).unwrap();
+        write_loop(connection, waiting, checkpointer, to_sync, Arc::new(AtomicBool::new(true)));
+        assert_eq!(answers.try_iter().collect::<Vec<_>>(), [Some(SYNC_FAILED.to_owned())]);
+        assert!(synced.try_recv().is_err(), "a transaction was committed after the failure");
     }
 
     #[test]
@@ -1375,9 +1423,24 @@ mod tests {
         for _ in 0..3 {
             jobs.send(Box::new(Probe(probes.clone()))).unwrap();
         }
-        write_loop(connection, waiting, checkpointer, to_sync);
+        write_loop(connection, waiting, checkpointer, to_sync, Arc::new(AtomicBool::new(false)));
         assert_eq!(answers.try_iter().collect::<Vec<_>>(), vec![Some(SYNC_FAILED.to_owned()); 3]);
         assert!(jobs.send(Box::new(Probe(probes))).is_err(), "the writer still takes writes");
+    }
+
+    /// A database named through a symbolic link has its log beside the file linked to, where SQLite puts it:
+    /// the syncer syncs that one.
+    #[tokio::test]
+    async fn a_linked_database_is_synced_where_its_log_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (real, link) = (dir.path().join("real.db"), dir.path().join("link.db"));
+        std::fs::File::create(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let store = SqliteStore::open(link.to_str().unwrap(), None).await.expect("opens through the link");
+        store.create_org("acme", "key-hash").await.unwrap();
+        assert!(dir.path().join("real.db-wal").exists(), "the log is beside the file linked to");
+        assert!(!dir.path().join("link.db-wal").exists(), "no log beside the link");
+        assert!(store.org_for_key("key-hash").await.unwrap().is_some());
     }
 
     #[test]
