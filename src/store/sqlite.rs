@@ -1394,38 +1394,38 @@ mod tests {
         assert!(to_sync.send(committed(&probes, None)).is_err(), "the syncer still listens");
     }
 
-    #[test]
-    fn after_a_failed_sync_the_writer_runs_nothing_more() {
+    /// Runs the writer over `writes` writes, with a syncer that is gone or has failed, until the writer stops;
+    /// answers how the writes were answered, and whether a transaction reached the syncer.
+    fn run_writer_until_it_stops(writes: usize, syncer_gone: bool, failed: bool) -> (Vec<Option<String>>, bool) {
         let dir = tempfile::tempdir().unwrap();
         let mut connection = connect(dir.path().join("t.db").to_str().unwrap()).unwrap();
         migrate(&mut connection).unwrap();
         let (jobs, waiting) = mpsc::channel::<Box<dyn Job>>();
         let (checkpointer, _heard) = mpsc::sync_channel(1);
-        // The syncer is still there to hear, but has failed.
         let (to_sync, synced) = mpsc::channel();
+        let synced = (!syncer_gone).then_some(synced);
         let (probes, answers) = mpsc::channel();
-        jobs.send(Box::new(Probe(probes.clone()))).unwrap();
-        write_loop(connection, waiting, checkpointer, to_sync, Arc::new(AtomicBool::new(true)));
-        assert_eq!(answers.try_iter().collect::<Vec<_>>(), [Some(SYNC_FAILED.to_owned())]);
-        assert!(synced.try_recv().is_err(), "a transaction was committed after the failure");
+        for _ in 0..writes {
+            jobs.send(Box::new(Probe(probes.clone()))).unwrap();
+        }
+        write_loop(connection, waiting, checkpointer, to_sync, Arc::new(AtomicBool::new(failed)));
+        assert!(jobs.send(Box::new(Probe(probes))).is_err(), "the writer still takes writes");
+        let committed = synced.is_some_and(|s| s.try_recv().is_ok());
+        (answers.try_iter().collect(), committed)
+    }
+
+    #[test]
+    fn after_a_failed_sync_the_writer_runs_nothing_more() {
+        // The syncer is still there to hear, but has failed.
+        let (answers, committed) = run_writer_until_it_stops(1, false, true);
+        assert_eq!(answers, [Some(SYNC_FAILED.to_owned())]);
+        assert!(!committed, "a transaction was committed after the failure");
     }
 
     #[test]
     fn the_writer_stops_once_the_syncer_has() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut connection = connect(dir.path().join("t.db").to_str().unwrap()).unwrap();
-        migrate(&mut connection).unwrap();
-        let (jobs, waiting) = mpsc::channel::<Box<dyn Job>>();
-        let (checkpointer, _heard) = mpsc::sync_channel(1);
-        let (to_sync, synced) = mpsc::channel();
-        drop(synced);
-        let (probes, answers) = mpsc::channel();
-        for _ in 0..3 {
-            jobs.send(Box::new(Probe(probes.clone()))).unwrap();
-        }
-        write_loop(connection, waiting, checkpointer, to_sync, Arc::new(AtomicBool::new(false)));
-        assert_eq!(answers.try_iter().collect::<Vec<_>>(), vec![Some(SYNC_FAILED.to_owned()); 3]);
-        assert!(jobs.send(Box::new(Probe(probes))).is_err(), "the writer still takes writes");
+        let (answers, _) = run_writer_until_it_stops(3, true, false);
+        assert_eq!(answers, vec![Some(SYNC_FAILED.to_owned()); 3]);
     }
 
     /// A database named through a symbolic link has its log beside the file linked to, where SQLite puts it:
