@@ -391,8 +391,7 @@ pub(crate) fn stored_interview(text: &str, candidate_id: &str) -> Result<Intervi
 /// The interview after an update, and the event it caused (none when nothing changed).
 #[derive(Debug, Clone)]
 pub struct InterviewUpdate {
-    pub interview: Interview,
-    /// Its stored JSON form, as the event body carries it in `data`.
+    /// The interview after the update, in its stored JSON form (as the event body carries it in `data`).
     pub data: String,
     pub event: Option<EventRecord>,
 }

@@ -123,9 +123,11 @@ type Turn = Arc<tokio::sync::Mutex<mpsc::Receiver<UpdateJob>>>;
 /// Runs the [`COMMITTERS`] until the store is dropped.
 async fn run_committers(options: PgConnectOptions, jobs: mpsc::Receiver<UpdateJob>, handoff: Option<Arc<Handoff>>) {
     let turn: Turn = Arc::new(tokio::sync::Mutex::new(jobs));
-    let first = Committer::new(options.clone()).run(turn.clone(), handoff.clone());
-    let second = Committer::new(options).run(turn, handoff);
-    tokio::join!(first, second);
+    let mut committers = tokio::task::JoinSet::new();
+    for _ in 0..COMMITTERS {
+        committers.spawn(Committer::new(options.clone()).run(turn.clone(), handoff.clone()));
+    }
+    while committers.join_next().await.is_some() {}
 }
 
 /// The longest the committer waits for a connection, as long as the pool waits for one of its own.
@@ -274,14 +276,14 @@ async fn apply_updates(
         let applied = interview.apply(&job.patch);
         if !existed || applied.event_body.is_some() {
             written.insert(key.clone(), applied.data.clone());
-            current.insert(key, (applied.interview.clone(), true));
+            current.insert(key, (applied.interview, true));
         }
         let event = applied.event_body.map(|body| {
             let id = ids::new_id(ids::EVENT);
             events.push(&id, &job.org, &body);
             EventRecord { seq: 0, id, event_type: interview::EVENT_TYPE.to_owned(), payload: body, created_at: now }
         });
-        updates.push(Ok(InterviewUpdate { interview: applied.interview, data: applied.data, event }));
+        updates.push(Ok(InterviewUpdate { data: applied.data, event }));
     }
 
     // Interviews and their events in one statement (an event always comes with its interview written).

@@ -122,12 +122,12 @@ enum Hot {
     InsertEvent,
     SubscribedEndpoints,
     OneEndpoint,
-    /// One delivery ([`delivery_rows`] 1), and several in one statement: an update fanned out to fifty
-    /// endpoints is written in five statements rather than fifty.
+    /// Deliveries, one, eight or 32 at a time ([`delivery_rows`]): an update fanned out to fifty endpoints is
+    /// written in five statements rather than fifty.
     InsertDelivery,
     InsertDeliveries8,
     InsertDeliveries32,
-    /// An attempt's result ([`result_rows`] writes several in two statements).
+    /// Attempts' results, one, eight or 32 at a time ([`result_rows`]).
     LogAttempt,
     AdvanceDelivery,
     LogAttempts8,
@@ -166,13 +166,11 @@ impl Hot {
             Hot::InsertDelivery => return delivery_rows(1).into(),
             Hot::InsertDeliveries8 => return delivery_rows(8).into(),
             Hot::InsertDeliveries32 => return delivery_rows(32).into(),
-            Hot::LogAttempts8 => return result_rows(8).0.into(),
-            Hot::AdvanceDeliveries8 => return result_rows(8).1.into(),
-            Hot::LogAttempts32 => return result_rows(32).0.into(),
-            Hot::AdvanceDeliveries32 => return result_rows(32).1.into(),
-            // Selecting from deliveries both numbers the attempt and skips deliveries deleted meanwhile. Both
-            // statements find the delivery by its row number (`?7`, `?6`), as claimed, and check its id: a row
-            // number freed by a delete can be given to a later row.
+            // One result by its own statements, not `result_rows(1)`: joining a list of values costs a
+            // temporary table per run, which for a single row is a third more of the writer's result work.
+            // Numbered as `result_rows` numbers its first row. Selecting from deliveries both numbers the attempt
+            // and skips deliveries deleted meanwhile; both find the delivery by its row number (`?7`, `?6`), as
+            // claimed, and check its id: a row number freed by a delete can be given to a later row.
             Hot::LogAttempt => {
                 "INSERT OR FAIL INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, \
                  error, response_body) SELECT id, attempt_count + 1, ?1, ?2, ?3, ?4, ?5, ?6 FROM deliveries \
@@ -189,7 +187,20 @@ impl Hot {
                    lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
                  WHERE seq = ?6 AND id = ?7"
             }
+            Hot::LogAttempts8 => return result_rows(8).0.into(),
+            Hot::AdvanceDeliveries8 => return result_rows(8).1.into(),
+            Hot::LogAttempts32 => return result_rows(32).0.into(),
+            Hot::AdvanceDeliveries32 => return result_rows(32).1.into(),
         })
+    }
+}
+
+/// How many of `left` rows one statement writes: the most of the sizes kept prepared (32, 8 and 1).
+fn rows_for(left: usize) -> usize {
+    match left {
+        32.. => 32,
+        8.. => 8,
+        _ => 1,
     }
 }
 
@@ -388,10 +399,7 @@ fn write_loop(
         }
         // A sync failed: nothing more is run, so nothing more can be committed and left unanswered.
         if sync_failed.load(Ordering::SeqCst) {
-            for job in first.into_iter().chain(rest) {
-                job.finish(Some(SYNC_FAILED));
-            }
-            return;
+            return fail(first.into_iter().chain(rest));
         }
         let mut batch: Vec<Box<dyn Job>> = first.drain(..).collect();
         let room = WRITE_BATCH.saturating_sub(batch.len()).min(rest.len());
@@ -403,10 +411,7 @@ fn write_loop(
         // Full when the checkpointer has already been told.
         let _ = committed.try_send(());
         if let Err(mpsc::SendError(Committed { batch, .. })) = synced.send(Committed { batch, commit_error }) {
-            for job in batch.into_iter().chain(first).chain(rest) {
-                job.finish(Some(SYNC_FAILED));
-            }
-            return;
+            return fail(batch.into_iter().chain(first).chain(rest));
         }
     }
 }
@@ -419,6 +424,13 @@ struct Committed {
 
 /// What a write is answered when the log could not be synced, before or after it ran.
 const SYNC_FAILED: &str = "the write-ahead log could not be synced to disk; the store takes no more writes";
+
+/// Answers writes with [`SYNC_FAILED`].
+fn fail(jobs: impl IntoIterator<Item = Box<dyn Job>>) {
+    for job in jobs {
+        job.finish(Some(SYNC_FAILED));
+    }
+}
 
 /// The syncer thread: syncs the log to disk, then answers the writes of every transaction committed before the
 /// sync began. Meanwhile the writer runs the next transaction, so a write waits for one sync, not for the sync
@@ -450,12 +462,7 @@ fn sync_loop(log: std::fs::File, committed: mpsc::Receiver<Committed>, sync_fail
         }
         if failed.is_some() {
             // What the writer committed meanwhile is answered too, not dropped unanswered.
-            for Committed { batch, .. } in committed.try_iter() {
-                for job in batch {
-                    job.finish(Some(SYNC_FAILED));
-                }
-            }
-            return;
+            return fail(committed.try_iter().flat_map(|c| c.batch));
         }
     }
 }
@@ -745,10 +752,11 @@ fn insert_event(
     }
     let mut deliveries = deliveries.into_iter().peekable();
     while deliveries.peek().is_some() {
-        let (statement, n) = match deliveries.len() {
-            32.. => (Hot::InsertDeliveries32, 32),
-            8.. => (Hot::InsertDeliveries8, 8),
-            _ => (Hot::InsertDelivery, 1),
+        let n = rows_for(deliveries.len());
+        let statement = match n {
+            32 => Hot::InsertDeliveries32,
+            8 => Hot::InsertDeliveries8,
+            _ => Hot::InsertDelivery,
         };
         let chunk: Vec<NewDelivery> = deliveries.by_ref().take(n).collect();
         let mut insert = c.hot(statement)?;
@@ -788,8 +796,7 @@ fn insert_event(
     Ok(EventRecord { seq, id, event_type: event_type.to_owned(), payload: payload.to_owned(), created_at: now })
 }
 
-/// Writes the results of distinct deliveries with the statements for their number ([`result_rows`]; the
-/// one-result statements number their values the same way, the advance's `?1` apart).
+/// Writes the results of distinct deliveries with the statements for their number ([`result_rows`]).
 fn write_results(c: &Tx<'_>, results: &[AttemptResult], log: Hot, advance: Hot, now: Millis) -> Result<()> {
     let (mut log, mut advance) = (c.hot(log)?, c.hot(advance)?);
     advance.raw_bind_parameter(1, now)?;
@@ -860,14 +867,14 @@ fn apply_update(
     };
     let applied = current.apply(patch);
     if existed && applied.event_body.is_none() {
-        return Ok(InterviewUpdate { interview: applied.interview, data: applied.data, event: None });
+        return Ok(InterviewUpdate { data: applied.data, event: None });
     }
     c.hot(Hot::UpsertInterview)?.execute(params![org, candidate_id, applied.data, now])?;
     let event = match &applied.event_body {
         Some(body) => Some(insert_event(c, org, interview::EVENT_TYPE, body, &Fanout::Subscribed, now, reservation)?),
         None => None,
     };
-    Ok(InterviewUpdate { interview: applied.interview, data: applied.data, event })
+    Ok(InterviewUpdate { data: applied.data, event })
 }
 
 /// One newest-first page of `org`'s rows of `table` (`seq` is the cursor): up to `limit + 1` rows, so
@@ -1248,10 +1255,11 @@ impl Store for SqliteStore {
                 let (mut chunk, after) = rest.split_at(run);
                 rest = after;
                 while !chunk.is_empty() {
-                    let (n, log, advance) = match chunk.len() {
-                        32.. => (32, Hot::LogAttempts32, Hot::AdvanceDeliveries32),
-                        8.. => (8, Hot::LogAttempts8, Hot::AdvanceDeliveries8),
-                        _ => (1, Hot::LogAttempt, Hot::AdvanceDelivery),
+                    let n = rows_for(chunk.len());
+                    let (log, advance) = match n {
+                        32 => (Hot::LogAttempts32, Hot::AdvanceDeliveries32),
+                        8 => (Hot::LogAttempts8, Hot::AdvanceDeliveries8),
+                        _ => (Hot::LogAttempt, Hot::AdvanceDelivery),
                     };
                     let (these, after) = chunk.split_at(n);
                     chunk = after;
