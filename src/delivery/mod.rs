@@ -178,8 +178,9 @@ impl Dispatcher {
             while tasks.try_join_next().is_some() {}
             let (free, exclude) = self.capacity();
             let mut claimed = 0;
+            let claimed_at = now_ms();
             if free > 0 {
-                match self.claim(free.min(CLAIM_BATCH), &exclude).await {
+                match self.claim(claimed_at, free.min(CLAIM_BATCH), &exclude).await {
                     Ok(claims) => {
                         claimed = claims.len();
                         // Claims over an endpoint's bound may go back to the store: from now on a freed slot is
@@ -197,7 +198,7 @@ impl Dispatcher {
             if free > 0 && claimed == free.min(CLAIM_BATCH) {
                 continue; // there may be more due right now
             }
-            let wait = self.idle_wait(free > 0).await;
+            let wait = self.idle_wait(free > 0, claimed_at).await;
             let left_for_queue = async {
                 match &self.handoff {
                     Some(handoff) => handoff.left_for_queue().await,
@@ -252,8 +253,12 @@ impl Dispatcher {
         (free, full)
     }
 
-    async fn claim(&self, limit: usize, exclude: &[String]) -> Result<Vec<Claim>, crate::store::StoreError> {
-        let now = now_ms();
+    async fn claim(
+        &self,
+        now: Millis,
+        limit: usize,
+        exclude: &[String],
+    ) -> Result<Vec<Claim>, crate::store::StoreError> {
         self.store.claim_due(now, now + self.lease(), limit as u32, exclude).await
     }
 
@@ -312,14 +317,15 @@ impl Dispatcher {
     }
 
     /// How long to sleep when there is nothing to claim now: until the next scheduled retry, at most one poll
-    /// interval (a wake-up cuts it short).
-    async fn idle_wait(&self, could_claim: bool) -> Duration {
+    /// interval (a wake-up cuts it short). `claimed_at` is the time the last claim looked for due work: work
+    /// that came due since then is found too, and claimed at once.
+    async fn idle_wait(&self, could_claim: bool, claimed_at: Millis) -> Duration {
         let poll = self.config.poll_interval;
         if !could_claim {
             return poll;
         }
         let now = now_ms();
-        match self.store.next_due_after(now).await {
+        match self.store.next_due_after(claimed_at).await {
             Ok(Some(at)) => Duration::from_millis((at - now).max(1) as u64).min(poll),
             Ok(None) => poll,
             Err(error) => {
@@ -485,8 +491,18 @@ async fn record_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::InFlight;
-    use crate::store::Claim;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+    use tokio::sync::Notify;
+
+    use super::{Dispatcher, InFlight, Sender, WorkerConfig};
+    use crate::domain::retry::RetryPolicy;
+    use crate::domain::time::now_ms;
+    use crate::metrics::Metrics;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Claim, Fanout, NewEndpoint, Store};
 
     fn claim(endpoint: &str) -> Claim {
         Claim::for_test(endpoint, "http://127.0.0.1:9/hook", Vec::new())
@@ -512,5 +528,42 @@ mod tests {
         assert!(!in_flight.admit(&claim("ep_b"), 64, 2), "the unwritten results hold starts back");
         in_flight.total -= 3;
         assert_eq!(in_flight.free(2), 1);
+    }
+
+    /// A delivery that came due after the last claim looked for work, and before the loop chose how long to
+    /// sleep, is claimed at once: the loop does not sleep a poll interval past it (a retry due 50 ms after its
+    /// failure was once missed so, when a slow claim query ended after the retry's time).
+    #[tokio::test]
+    async fn work_due_since_the_claim_looked_is_not_slept_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("t.db").to_str().unwrap(), None).await.unwrap();
+        let org = store.create_org("acme", "key-hash").await.unwrap();
+        let endpoint = NewEndpoint {
+            url: "http://127.0.0.1:9/hook".into(),
+            description: String::new(),
+            event_types: vec!["test".into()],
+            enabled: true,
+            secret: SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()),
+        };
+        store.create_endpoint(&org, endpoint).await.unwrap();
+        let claimed_at = now_ms();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (_, deliveries) = store.create_event(&org, "test", "{}", Fanout::Subscribed).await.unwrap();
+        assert_eq!(deliveries.len(), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        let poll_interval = Duration::from_secs(3600);
+        let config = WorkerConfig {
+            max_in_flight: 4,
+            endpoint_concurrency: 4,
+            attempt_timeout: Duration::from_secs(1),
+            poll_interval,
+            retry: Arc::new(RetryPolicy { schedule: Vec::new(), jitter: 0.0 }),
+        };
+        let sender = Sender::new(config.attempt_timeout, true, 1);
+        let metrics = Arc::new(Metrics::new());
+        let dispatcher = Dispatcher::new(Arc::new(store), sender, config, Arc::new(Notify::new()), metrics, None);
+        let wait = dispatcher.idle_wait(true, claimed_at).await;
+        assert!(wait < poll_interval, "the loop would sleep {wait:?} past a due delivery");
     }
 }
