@@ -324,9 +324,8 @@ impl Dispatcher {
         if !could_claim {
             return poll;
         }
-        let now = now_ms();
         match self.store.next_due_after(claimed_at).await {
-            Ok(Some(at)) => Duration::from_millis((at - now).max(1) as u64).min(poll),
+            Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(1) as u64).min(poll),
             Ok(None) => poll,
             Err(error) => {
                 tracing::error!(%error, "reading the next due time failed");

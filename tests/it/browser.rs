@@ -156,8 +156,9 @@ async fn the_settings_page_in_a_real_browser() {
         Err(_) => panic!("no browser session within {DRIVER_START:?}:\n{}", driver.log_text()),
     };
 
-    // Fast retries that still leave time to watch them arrive one by one.
-    let app = TestApp::spawn_with(|c| c.retry_schedule = vec![Duration::from_secs(1), Duration::from_secs(2)]).await;
+    // Fast retries that still leave time to watch them arrive one by one: the last comes 7 s after the update,
+    // time enough for a slow browser to open the delivery's page before it.
+    let app = TestApp::spawn_with(|c| c.retry_schedule = vec![Duration::from_secs(3), Duration::from_secs(4)]).await;
     let receiver = Receiver::ok().await;
     let walk = AssertUnwindSafe(walk_through(&client, &app, &receiver, &shots)).catch_unwind();
     let outcome = tokio::time::timeout(WHOLE_TEST, walk).await;

@@ -113,9 +113,10 @@ async fn sigkill_in_the_middle_of_deliveries_loses_no_event() {
         seen = now;
     }
     let answered_at_kill = receiver.answered();
+    patcher.await.expect("the PATCH task does not panic");
+    // Everything that arrives before the restart came from the killed process.
     let arrived_before_kill: HashSet<String> = receiver.received().iter().map(|r| r.webhook_id()).collect();
     let arrived_at_kill = receiver.count();
-    patcher.await.expect("the PATCH task does not panic");
     let acknowledged: Vec<String> = acknowledged.lock().unwrap().clone();
     eprintln!(
         "crash: killed after {:?} with {} events acknowledged, {arrived_at_kill} requests arrived, {answered_at_kill} answered",

@@ -177,8 +177,8 @@ on_both_stores! {
     }
 
     async fn deleted_endpoint_gets_nothing_more() {
-        // Long enough between retries that the delete surely comes first.
-        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(300), ms(300), ms(300)]).await;
+        // Long enough between retries that the delete comes first, however slow the machine.
+        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(2000), ms(300), ms(300)]).await;
         let doomed_rx = Receiver::start(Reply::Status(500)).await;
         let control = Receiver::ok().await;
         let doomed = app.a.create_endpoint(&doomed_rx.url()).await;
@@ -195,7 +195,7 @@ on_both_stores! {
         let pending = app.a.deliveries(&format!("endpoint_id={}&status=pending", id(&doomed))).await;
         assert!(pending.is_empty(), "nothing pending for a deleted endpoint: {pending:?}");
         // Past the whole retry schedule: the pending retries of the deleted endpoint never came.
-        tokio::time::sleep_until((deleted_at + ms(1200)).into()).await;
+        tokio::time::sleep_until((deleted_at + ms(3000)).into()).await;
         assert_eq!(doomed_rx.count(), 1, "a deleted endpoint gets no retry and no new event");
     }
 
@@ -289,6 +289,12 @@ on_both_stores! {
         bad_rx.wait_for(2).await;
         eventually("both good deliveries succeeded", WAIT, || async {
             (app.a.deliveries("status=succeeded").await.len() == 2).then_some(())
+        })
+        .await;
+        // The failures' results may be written in a later batch than the successes'.
+        eventually("both failures recorded", WAIT, || async {
+            let pending = app.a.deliveries("status=pending").await;
+            (pending.len() == 2 && pending.iter().all(|d| d["attempt_count"] == 1)).then_some(())
         })
         .await;
 
