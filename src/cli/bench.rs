@@ -25,7 +25,7 @@ use crate::domain::interview::EXAMPLE_BODY;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Webhooks per measurement (ceiling, throughput, fan-out).
+    /// Webhooks per run of each rate measured (ceiling, throughput, fan-out); each is run three times.
     #[arg(long, default_value_t = 20_000)]
     n: usize,
     /// Requests in flight at once from the load generator.
@@ -212,18 +212,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .build()?;
 
     progress("ceiling: a plain client posting straight to the receiver");
-    let started = Instant::now();
-    let before = sink.count.load(Ordering::Relaxed);
-    let (ceiling_client, ceiling_url) = (client.clone(), receiver_url.clone());
-    run_concurrently(args.n, args.concurrency, move |_| {
-        let (client, url) = (ceiling_client.clone(), ceiling_url.clone());
-        async move {
-            let _ = client.post(url).header("content-type", "application/json").body(EXAMPLE_BODY).send().await;
-        }
-    })
-    .await;
-    anyhow::ensure!(sink.count.load(Ordering::Relaxed) - before == args.n as u64, "the receiver missed posts");
-    report.ceiling_per_s = args.n as f64 / started.elapsed().as_secs_f64();
+    let mut ceilings = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let before = sink.count.load(Ordering::Relaxed);
+        let (ceiling_client, ceiling_url) = (client.clone(), receiver_url.clone());
+        run_concurrently(args.n, args.concurrency, move |_| {
+            let (client, url) = (ceiling_client.clone(), ceiling_url.clone());
+            async move {
+                let _ = client.post(url).header("content-type", "application/json").body(EXAMPLE_BODY).send().await;
+            }
+        })
+        .await;
+        anyhow::ensure!(sink.count.load(Ordering::Relaxed) - before == args.n as u64, "the receiver missed posts");
+        ceilings.push(args.n as f64 / started.elapsed().as_secs_f64());
+    }
+    report.ceiling_per_s = median(ceilings);
 
     progress("throughput: interview updates to one endpoint");
     let api = Api::new(&client, &server.base, &database, "bench-throughput").await?;
@@ -231,8 +235,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // A warm-up, not measured: connection pools, page caches and the WAL reach their working size.
     deliver(&api, &sink, "w", (args.n / 10).max(1), 1, args.concurrency, args.phase_timeout).await?;
     let cpu = server.cpu_seconds();
-    let (ingest, delivery) = deliver(&api, &sink, "t", args.n, 1, args.concurrency, args.phase_timeout).await?;
-    report.throughput_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, args.n);
+    let (ingest, delivery) = deliver_runs(&api, &sink, "t", args.n, 1, &args).await?;
+    report.throughput_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, args.n * RUNS);
     report.ingest_per_s = ingest;
     report.delivery_per_s = delivery;
     report.delivery_vs_ceiling = delivery / report.ceiling_per_s;
@@ -242,7 +246,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         crate::store::open(&database).await?.seed_history(&api.org, &endpoint, args.history).await?;
         // Warmed up like the first measurement: the caches now hold different pages.
         deliver(&api, &sink, "w2", (args.n / 10).max(1), 1, args.concurrency, args.phase_timeout).await?;
-        let (_, again) = deliver(&api, &sink, "t2", args.n, 1, args.concurrency, args.phase_timeout).await?;
+        let (_, again) = deliver_runs(&api, &sink, "old", args.n, 1, &args).await?;
         report.history_deliveries = args.history;
         report.delivery_with_history_per_s = again;
         report.with_history_vs_without = again / delivery;
@@ -255,8 +259,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let updates = (args.n / args.endpoints).max(1);
     let cpu = server.cpu_seconds();
-    let (_, fanout) = deliver(&api, &sink, "f", updates, args.endpoints, args.concurrency, args.phase_timeout).await?;
-    report.fanout_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, updates * args.endpoints);
+    let (_, fanout) = deliver_runs(&api, &sink, "f", updates, args.endpoints, &args).await?;
+    report.fanout_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, updates * args.endpoints * RUNS);
     report.fanout_endpoints = args.endpoints;
     report.fanout_deliveries_per_s = fanout;
     report.fanout_vs_ceiling = fanout / report.ceiling_per_s;
@@ -407,6 +411,35 @@ where
     while workers.join_next().await.is_some() {}
 }
 
+/// How many times each rate is measured; the report gives the median. Other work on a shared machine moves a
+/// single run by a tenth or more, and the ratios divide two rates measured seconds apart.
+const RUNS: usize = 3;
+
+/// The middle value (of an odd count; the upper middle of an even one).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+/// [`deliver`] run [`RUNS`] times, with distinct candidates each time: the median ingest and delivery rates.
+async fn deliver_runs(
+    api: &Api,
+    sink: &Arc<Sink>,
+    tag: &str,
+    updates: usize,
+    per_update: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut ingest, mut delivery) = (Vec::with_capacity(RUNS), Vec::with_capacity(RUNS));
+    for run in 0..RUNS {
+        let tag = format!("{tag}{run}");
+        let (i, d) = deliver(api, sink, &tag, updates, per_update, args.concurrency, args.phase_timeout).await?;
+        ingest.push(i);
+        delivery.push(d);
+    }
+    Ok((median(ingest), median(delivery)))
+}
+
 /// Sends `updates` distinct updates, each fanning out to `per_update` endpoints, and waits for every webhook.
 /// Answers the ingest rate (updates/s) and the delivery rate (webhooks/s, first send to last receipt).
 async fn deliver(
@@ -540,7 +573,10 @@ fn latency(histogram: &Histogram<u64>, rate: f64) -> Latency {
 }
 
 fn print_report(r: &Report) {
-    println!("tidings bench — store {}, {} webhooks per run, {} in flight", r.store, r.n, r.concurrency);
+    println!(
+        "tidings bench — store {}, {} webhooks per run, {} in flight, rates the median of {RUNS} runs",
+        r.store, r.n, r.concurrency
+    );
     println!("  ceiling     {:>9.0} posts/s      (plain client straight to the receiver)", r.ceiling_per_s);
     println!(
         "  throughput  {:>9.0} webhooks/s   {:.2} × ceiling   (ingest {:.0} updates/s; server CPU {:.0} µs per webhook)",
