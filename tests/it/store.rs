@@ -603,6 +603,31 @@ async fn postgres_rows_are_keyed_by_their_ids_alone() {
     assert_eq!(indexes, 1, "the key is the only index attempts need");
 }
 
+/// Every text key of every index compares byte by byte ("C"), whatever the database's own collation: ids are
+/// opaque, and a language's collation made each comparison a locale-aware one of two copied strings.
+#[tokio::test]
+async fn postgres_index_keys_compare_byte_by_byte() {
+    let Some(db) = migrated_postgres("store::postgres_index_keys_compare_byte_by_byte").await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let keys: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, coll.collname::text FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indexrelid \
+         CROSS JOIN LATERAL unnest(i.indcollation::oid[]) AS k(collation_oid) \
+         JOIN pg_collation coll ON coll.oid = k.collation_oid \
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relname NOT LIKE '\\_sqlx%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for index in ["deliveries_pkey", "deliveries_by_event", "events_pkey", "attempts_pkey", "interviews_pkey"] {
+        assert!(keys.iter().any(|(name, _)| name == index), "{index} has no text key: {keys:?}");
+    }
+    let other: Vec<_> = keys.iter().filter(|(_, collation)| collation != "C").collect();
+    assert!(other.is_empty(), "text keys under another collation: {other:?}");
+}
+
 /// Each update committer has a connection of its own (they take batches in turn). Lost while idle, it is found
 /// out and replaced before the next update; lost under an update, that update fails and writes nothing, and
 /// the next one connects again.
