@@ -1330,6 +1330,24 @@ mod tests {
     use super::{Committed, Job, SYNC_FAILED, SqliteStore, Tx, connect, file_path, migrate, sync_loop, write_loop};
     use crate::store::{Fanout, Store};
 
+    /// The bundled SQLite is built as `.cargo/config.toml` asks: without memory management (each page cache
+    /// keeps its own pages, under no shared lock) and without memory statistics (no lock around every
+    /// allocation).
+    #[test]
+    fn sqlite_is_built_without_shared_page_caches_or_memory_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = connect(dir.path().join("t.db").to_str().unwrap()).unwrap();
+        let options: Vec<String> = connection
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+        assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+    }
+
     #[tokio::test]
     async fn the_log_is_copied_into_the_database_file_long_before_the_writer_would() {
         let dir = tempfile::tempdir().unwrap();
