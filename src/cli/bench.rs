@@ -89,6 +89,11 @@ struct Report {
     /// figure of cost that moves less with a shared machine's noise than rates do.
     throughput_server_cpu_us_per_webhook: f64,
     fanout_server_cpu_us_per_webhook: f64,
+    /// On a PostgreSQL running on this machine, the CPU time of its processes per webhook of the same runs
+    /// (every `postgres` process, whatever it serves); 0 on SQLite, which runs inside the server and is
+    /// counted in its CPU, and on a database elsewhere.
+    throughput_database_cpu_us_per_webhook: f64,
+    fanout_database_cpu_us_per_webhook: f64,
     latency_unloaded: Latency,
     latency_fixed: Latency,
     latency_half_throughput: Latency,
@@ -142,16 +147,53 @@ impl Drop for Server {
     }
 }
 
+/// The command name and the CPU time used so far (user and system, every thread), in seconds, of a process,
+/// from `/proc` (Linux only; `None` elsewhere or once it is gone). `/proc` counts in clock ticks, 100 per second
+/// on Linux.
+fn process_cpu(pid: &str) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces, inside parentheses; of the fields after it, utime is the 12th and stime
+    // the 13th.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Some((name, (ticks(11) + ticks(12)) / 100.0))
+}
+
+/// CPU time used so far by every `postgres` process on this machine, by process id: a local database's share
+/// of a run is the growth of this between two readings (a process started meanwhile counts from zero).
+fn database_cpu() -> HashMap<String, f64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|pid| process_cpu(&pid).filter(|(name, _)| name == "postgres").map(|(_, cpu)| (pid, cpu)))
+        .collect()
+}
+
+/// Microseconds of a local database's CPU per webhook since `before` (a [`database_cpu`] reading).
+fn database_cpu_us_per_webhook(before: &HashMap<String, f64>, webhooks: usize) -> f64 {
+    let spent: f64 = database_cpu().iter().map(|(pid, cpu)| cpu - before.get(pid).copied().unwrap_or(0.0)).sum();
+    spent.max(0.0) * 1e6 / webhooks.max(1) as f64
+}
+
+/// Whether a `postgres://` URL names a server on this machine (loopback, or a socket by path).
+fn is_local(database: &str) -> bool {
+    let after_scheme = database.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']'))
+        .map_or_else(|| host.split(':').next().unwrap_or_default(), |(h, _)| h);
+    matches!(host, "" | "localhost" | "::1") || host.starts_with("127.")
+}
+
 impl Server {
-    /// CPU time used so far by every thread of the server, in seconds, from `/proc` (Linux only; 0 elsewhere).
-    /// `/proc` counts in clock ticks, 100 per second on Linux.
+    /// CPU time used so far by every thread of the server, in seconds (0 where `/proc` cannot tell).
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces, inside parentheses): utime is the 12th, stime the 13th.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        process_cpu(&self.child.id().to_string()).map_or(0.0, |(_, cpu)| cpu)
     }
 
     /// Microseconds of server CPU per webhook since `before` (a [`Self::cpu_seconds`] reading).
@@ -190,6 +232,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let database = args.database.clone().unwrap_or_else(|| dir.path().join("bench.db").to_string_lossy().into_owned());
     let store = if crate::store::is_postgres(&database) { "postgres" } else { "sqlite" };
+    let local_database = store == "postgres" && is_local(&database);
     let mut report = Report { store: store.into(), n: args.n, concurrency: args.concurrency, ..Report::default() };
     progress(&format!("bench: {} webhooks per run, {} in flight, store {store}", args.n, args.concurrency));
 
@@ -234,9 +277,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let endpoint = api.endpoint(&receiver_url).await?;
     // A warm-up, not measured: connection pools, page caches and the WAL reach their working size.
     deliver(&api, &sink, "w", (args.n / 10).max(1), 1, args.concurrency, args.phase_timeout).await?;
-    let cpu = server.cpu_seconds();
+    let (cpu, database_before) = (server.cpu_seconds(), local_database.then(database_cpu));
     let (ingest, delivery) = deliver_runs(&api, &sink, "t", args.n, 1, &args).await?;
     report.throughput_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, args.n * RUNS);
+    if let Some(before) = database_before {
+        report.throughput_database_cpu_us_per_webhook = database_cpu_us_per_webhook(&before, args.n * RUNS);
+    }
     report.ingest_per_s = ingest;
     report.delivery_per_s = delivery;
     report.delivery_vs_ceiling = delivery / report.ceiling_per_s;
@@ -258,9 +304,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         api.endpoint(&receiver_url).await?;
     }
     let updates = (args.n / args.endpoints).max(1);
-    let cpu = server.cpu_seconds();
+    let (cpu, database_before) = (server.cpu_seconds(), local_database.then(database_cpu));
     let (_, fanout) = deliver_runs(&api, &sink, "f", updates, args.endpoints, &args).await?;
-    report.fanout_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, updates * args.endpoints * RUNS);
+    let webhooks = updates * args.endpoints * RUNS;
+    report.fanout_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, webhooks);
+    if let Some(before) = database_before {
+        report.fanout_database_cpu_us_per_webhook = database_cpu_us_per_webhook(&before, webhooks);
+    }
     report.fanout_endpoints = args.endpoints;
     report.fanout_deliveries_per_s = fanout;
     report.fanout_vs_ceiling = fanout / report.ceiling_per_s;
@@ -578,13 +628,27 @@ fn print_report(r: &Report) {
         r.store, r.n, r.concurrency
     );
     println!("  ceiling     {:>9.0} posts/s      (plain client straight to the receiver)", r.ceiling_per_s);
+    // A local PostgreSQL's share is shown beside the server's; SQLite's is inside it.
+    let cost = |server: f64, database: f64| {
+        if database > 0.0 {
+            format!("server CPU {server:.0} µs, database CPU {database:.0} µs per webhook")
+        } else {
+            format!("server CPU {server:.0} µs per webhook")
+        }
+    };
     println!(
-        "  throughput  {:>9.0} webhooks/s   {:.2} × ceiling   (ingest {:.0} updates/s; server CPU {:.0} µs per webhook)",
-        r.delivery_per_s, r.delivery_vs_ceiling, r.ingest_per_s, r.throughput_server_cpu_us_per_webhook
+        "  throughput  {:>9.0} webhooks/s   {:.2} × ceiling   (ingest {:.0} updates/s; {})",
+        r.delivery_per_s,
+        r.delivery_vs_ceiling,
+        r.ingest_per_s,
+        cost(r.throughput_server_cpu_us_per_webhook, r.throughput_database_cpu_us_per_webhook)
     );
     println!(
-        "  fan-out     {:>9.0} webhooks/s   {:.2} × ceiling   ({} endpoints; server CPU {:.0} µs per webhook)",
-        r.fanout_deliveries_per_s, r.fanout_vs_ceiling, r.fanout_endpoints, r.fanout_server_cpu_us_per_webhook
+        "  fan-out     {:>9.0} webhooks/s   {:.2} × ceiling   ({} endpoints; {})",
+        r.fanout_deliveries_per_s,
+        r.fanout_vs_ceiling,
+        r.fanout_endpoints,
+        cost(r.fanout_server_cpu_us_per_webhook, r.fanout_database_cpu_us_per_webhook)
     );
     if r.history_deliveries > 0 {
         println!(
@@ -602,4 +666,42 @@ fn print_report(r: &Report) {
         );
     }
     println!("  server peak resident memory {:.1} MiB", r.server_peak_rss_mib);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_local, median, process_cpu};
+
+    #[test]
+    fn a_database_on_this_machine_is_told_from_one_elsewhere() {
+        for local in [
+            "postgres://postgres@127.0.0.1:5432/db",
+            "postgres://localhost/db",
+            "postgresql://u:p@[::1]:5432/db",
+            "postgres:///db?host=/run/postgresql",
+            "postgres://127.0.0.2/db",
+        ] {
+            assert!(is_local(local), "{local}");
+        }
+        for elsewhere in
+            ["postgres://db.example.com/db", "postgres://u:p@10.0.0.5:5432/db", "postgres://[2001:db8::1]/db"]
+        {
+            assert!(!is_local(elsewhere), "{elsewhere}");
+        }
+    }
+
+    #[test]
+    fn a_process_cpu_is_read_from_proc() {
+        let (name, cpu) = process_cpu("self").expect("/proc/self/stat");
+        assert!(!name.is_empty() && !name.contains(')'), "{name}");
+        assert!(cpu >= 0.0);
+        assert_eq!(process_cpu("0"), None, "no process 0 in /proc");
+    }
+
+    #[test]
+    fn the_median_is_the_middle_run() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![5.0]), 5.0);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
 }
