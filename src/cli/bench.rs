@@ -138,6 +138,14 @@ fn candidate_of(body: &[u8]) -> Option<String> {
 struct Server {
     child: Child,
     base: String,
+    /// Whether its database is a PostgreSQL on this machine, whose CPU can be read too.
+    local_database: bool,
+}
+
+/// What the server, and a local database, had spent when a run began.
+struct Spent {
+    server: f64,
+    database: Option<HashMap<String, f64>>,
 }
 
 impl Drop for Server {
@@ -196,6 +204,17 @@ impl Server {
         process_cpu(&self.child.id().to_string()).map_or(0.0, |(_, cpu)| cpu)
     }
 
+    /// What the server and a local database have spent so far.
+    fn spent(&self) -> Spent {
+        Spent { server: self.cpu_seconds(), database: self.local_database.then(database_cpu) }
+    }
+
+    /// Microseconds of server CPU and of a local database's CPU (0 for none) per webhook since `before`.
+    fn cost_since(&self, before: &Spent, webhooks: usize) -> (f64, f64) {
+        let database = before.database.as_ref().map_or(0.0, |before| database_cpu_us_per_webhook(before, webhooks));
+        (self.cpu_us_per_webhook(before.server, webhooks), database)
+    }
+
     /// Microseconds of server CPU per webhook since `before` (a [`Self::cpu_seconds`] reading).
     fn cpu_us_per_webhook(&self, before: f64, webhooks: usize) -> f64 {
         (self.cpu_seconds() - before) * 1e6 / webhooks.max(1) as f64
@@ -232,7 +251,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let database = args.database.clone().unwrap_or_else(|| dir.path().join("bench.db").to_string_lossy().into_owned());
     let store = if crate::store::is_postgres(&database) { "postgres" } else { "sqlite" };
-    let local_database = store == "postgres" && is_local(&database);
     let mut report = Report { store: store.into(), n: args.n, concurrency: args.concurrency, ..Report::default() };
     progress(&format!("bench: {} webhooks per run, {} in flight, store {store}", args.n, args.concurrency));
 
@@ -277,12 +295,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let endpoint = api.endpoint(&receiver_url).await?;
     // A warm-up, not measured: connection pools, page caches and the WAL reach their working size.
     deliver(&api, &sink, "w", (args.n / 10).max(1), 1, args.concurrency, args.phase_timeout).await?;
-    let (cpu, database_before) = (server.cpu_seconds(), local_database.then(database_cpu));
+    let spent = server.spent();
     let (ingest, delivery) = deliver_runs(&api, &sink, "t", args.n, 1, &args).await?;
-    report.throughput_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, args.n * RUNS);
-    if let Some(before) = database_before {
-        report.throughput_database_cpu_us_per_webhook = database_cpu_us_per_webhook(&before, args.n * RUNS);
-    }
+    (report.throughput_server_cpu_us_per_webhook, report.throughput_database_cpu_us_per_webhook) =
+        server.cost_since(&spent, args.n * RUNS);
     report.ingest_per_s = ingest;
     report.delivery_per_s = delivery;
     report.delivery_vs_ceiling = delivery / report.ceiling_per_s;
@@ -304,13 +320,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         api.endpoint(&receiver_url).await?;
     }
     let updates = (args.n / args.endpoints).max(1);
-    let (cpu, database_before) = (server.cpu_seconds(), local_database.then(database_cpu));
+    let spent = server.spent();
     let (_, fanout) = deliver_runs(&api, &sink, "f", updates, args.endpoints, &args).await?;
-    let webhooks = updates * args.endpoints * RUNS;
-    report.fanout_server_cpu_us_per_webhook = server.cpu_us_per_webhook(cpu, webhooks);
-    if let Some(before) = database_before {
-        report.fanout_database_cpu_us_per_webhook = database_cpu_us_per_webhook(&before, webhooks);
-    }
+    (report.fanout_server_cpu_us_per_webhook, report.fanout_database_cpu_us_per_webhook) =
+        server.cost_since(&spent, updates * args.endpoints * RUNS);
     report.fanout_endpoints = args.endpoints;
     report.fanout_deliveries_per_s = fanout;
     report.fanout_vs_ceiling = fanout / report.ceiling_per_s;
@@ -373,7 +386,8 @@ async fn start_server(database: &str) -> anyhow::Result<Server> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let mut server = Server { child, base: format!("http://{address}") };
+    let local_database = crate::store::is_postgres(database) && is_local(database);
+    let mut server = Server { child, base: format!("http://{address}"), local_database };
     let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -690,11 +704,22 @@ mod tests {
         }
     }
 
+    /// This test's own process is found by its name (the kernel keeps 15 bytes of it), and the CPU it spends
+    /// is counted.
     #[test]
     fn a_process_cpu_is_read_from_proc() {
-        let (name, cpu) = process_cpu("self").expect("/proc/self/stat");
-        assert!(!name.is_empty() && !name.contains(')'), "{name}");
-        assert!(cpu >= 0.0);
+        let exe = std::env::current_exe().unwrap();
+        let file = exe.file_name().unwrap().to_string_lossy().into_owned();
+        let (name, before) = process_cpu("self").expect("/proc/self/stat");
+        assert_eq!(name, file[..file.len().min(15)]);
+        // Busy until the kernel has counted a tick of it (10 ms), for at most ten seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut spent = 0.0;
+        while spent == 0.0 && std::time::Instant::now() < deadline {
+            std::hint::black_box((0..100_000u64).sum::<u64>());
+            spent = process_cpu("self").unwrap().1 - before;
+        }
+        assert!(spent > 0.0, "no CPU counted after ten seconds of work");
         assert_eq!(process_cpu("0"), None, "no process 0 in /proc");
     }
 

@@ -103,17 +103,12 @@ impl Handoff {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Promises every free place to one write. Such writes run one at a time (SQLite's one writer; PostgreSQL's
-    /// one committer of interview updates), and each gives back what it did not use as soon as it has written
-    /// its deliveries ([`Reservation::settle`]), so taking all the room does not starve the next one. A write
-    /// that finds no room (a test event beside a PostgreSQL batch) leaves its deliveries to the queue.
-    pub fn reserve(self: &Arc<Self>, now: Millis) -> Reservation {
-        self.reserve_part(now, 1)
-    }
-
-    /// Like [`Self::reserve`], for one of `writers` writes that may run at once (PostgreSQL's committers):
-    /// promises that share of the free places, so the others find room too.
-    pub fn reserve_part(self: &Arc<Self>, now: Millis, writers: usize) -> Reservation {
+    /// Promises one write its share of the free places, for `writers` such writes that may run at once: every
+    /// place for SQLite's one writer, half for each of PostgreSQL's two committers, so the other finds room too.
+    /// Each write gives back what it did not use as soon as it has written its deliveries
+    /// ([`Reservation::settle`]), so taking the room does not starve the next one. A write that finds no room
+    /// (a test event beside a PostgreSQL batch) leaves its deliveries to the queue.
+    pub fn reserve(self: &Arc<Self>, now: Millis, writers: usize) -> Reservation {
         let places = if self.open.load(Ordering::Relaxed) {
             let mut state = self.state();
             let free = self.capacity.saturating_sub(state.queue.len() + state.reserved).div_ceil(writers.max(1));
@@ -190,16 +185,11 @@ impl Handoff {
 }
 
 impl Reservation {
-    /// The places `handoff` can promise one write now, or none for a store without local workers.
-    pub fn of(handoff: Option<&Arc<Handoff>>, now: Millis) -> Self {
-        Self::part_of(handoff, now, 1)
-    }
-
-    /// The places `handoff` can promise one of `writers` writes that may run at once
-    /// ([`Handoff::reserve_part`]).
-    pub fn part_of(handoff: Option<&Arc<Handoff>>, now: Millis, writers: usize) -> Self {
+    /// The places `handoff` can promise one of `writers` writes that may run at once ([`Handoff::reserve`]), or
+    /// none for a store without local workers.
+    pub fn of(handoff: Option<&Arc<Handoff>>, now: Millis, writers: usize) -> Self {
         match handoff {
-            Some(handoff) => handoff.reserve_part(now, writers),
+            Some(handoff) => handoff.reserve(now, writers),
             None => {
                 Self { handoff: None, places: 0, token: String::new(), until: now, claims: Vec::new(), left: false }
             }
@@ -298,7 +288,7 @@ mod tests {
 
     /// A committed write that handed off one delivery to `endpoint`.
     fn hand_off_one(handoff: &Arc<Handoff>, endpoint: &str) {
-        let mut reservation = handoff.reserve(now_ms());
+        let mut reservation = handoff.reserve(now_ms(), 1);
         reservation.push(handed(endpoint));
         reservation.commit();
     }
@@ -306,30 +296,30 @@ mod tests {
     #[test]
     fn places_are_promised_once_and_given_back() {
         let handoff = Arc::new(Handoff::new(3, Duration::from_secs(60)));
-        let mut first = handoff.reserve(now_ms());
+        let mut first = handoff.reserve(now_ms(), 1);
         assert_eq!(first.room(), 3);
-        assert_eq!(handoff.reserve(now_ms()).room(), 0, "all promised to the first");
+        assert_eq!(handoff.reserve(now_ms(), 1).room(), 0, "all promised to the first");
         first.push(handed("ep_a"));
         first.settle();
-        let second = handoff.reserve(now_ms());
+        let second = handoff.reserve(now_ms(), 1);
         assert_eq!(second.room(), 2, "the unused places came back");
         drop(second);
         first.commit();
-        assert_eq!(handoff.reserve(now_ms()).room(), 2, "one place holds a queued claim");
+        assert_eq!(handoff.reserve(now_ms(), 1).room(), 2, "one place holds a queued claim");
         assert_eq!(handoff.take(10, Duration::from_secs(1), |_| true).len(), 1);
-        assert_eq!(handoff.reserve(now_ms()).room(), 3);
+        assert_eq!(handoff.reserve(now_ms(), 1).room(), 3);
     }
 
     #[test]
     fn writers_running_at_once_are_promised_shares_of_the_free_places() {
         let handoff = Arc::new(Handoff::new(10, Duration::from_secs(60)));
-        let first = handoff.reserve_part(now_ms(), 2);
+        let first = handoff.reserve(now_ms(), 2);
         assert_eq!(first.room(), 5, "half of ten");
-        let second = handoff.reserve_part(now_ms(), 2);
+        let second = handoff.reserve(now_ms(), 2);
         assert_eq!(second.room(), 3, "half of the five left, rounded up");
         drop(first);
         drop(second);
-        assert_eq!(handoff.reserve(now_ms()).room(), 10, "every place came back");
+        assert_eq!(handoff.reserve(now_ms(), 1).room(), 10, "every place came back");
     }
 
     #[test]
@@ -337,7 +327,7 @@ mod tests {
         let handoff = Arc::new(Handoff::new(3, Duration::from_secs(60)));
         hand_off_one(&handoff, "ep_a");
         let claimed: Vec<Claim> = (0..3)
-            .map(|_| handoff.reserve(now_ms()))
+            .map(|_| handoff.reserve(now_ms(), 1))
             .map(|mut r| {
                 r.push(handed("ep_b"));
                 r.claims.pop().unwrap()
@@ -364,13 +354,13 @@ mod tests {
         hand_off_one(&handoff, "ep_a");
         assert!(!told(), "nothing was left for the queue");
 
-        let mut full = handoff.reserve(now_ms());
+        let mut full = handoff.reserve(now_ms(), 1);
         assert!(!full.has_room());
         full.leave_for_queue();
         drop(full);
         assert!(!told(), "rolled back: nothing to claim");
 
-        let mut full = handoff.reserve(now_ms());
+        let mut full = handoff.reserve(now_ms(), 1);
         full.leave_for_queue();
         full.commit();
         assert!(told(), "committed: the queue has work");
@@ -388,7 +378,7 @@ mod tests {
     #[test]
     fn a_full_endpoint_does_not_hold_up_the_others() {
         let handoff = Arc::new(Handoff::new(8, Duration::from_secs(60)));
-        let mut reservation = handoff.reserve(now_ms());
+        let mut reservation = handoff.reserve(now_ms(), 1);
         for endpoint in ["ep_busy", "ep_busy", "ep_free", "ep_busy"] {
             reservation.push(handed(endpoint));
         }

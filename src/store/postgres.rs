@@ -246,7 +246,7 @@ async fn apply_updates(
     // The candidates are locked: the next batch may take its own locks.
     drop(turn);
     // Reserved once locked, so a batch waiting for a connection or a lock holds no places in the handoff.
-    let mut reservation = Reservation::part_of(handoff, now, COMMITTERS);
+    let mut reservation = Reservation::of(handoff, now, COMMITTERS);
     let candidates: Vec<&str> = jobs.iter().map(|j| j.candidate_id.as_str()).collect();
     let stored: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT org_id, candidate_id, data FROM interviews \
@@ -725,7 +725,7 @@ impl Store for PostgresStore {
         fanout: Fanout,
     ) -> Result<(EventRecord, Vec<DeliveryRecord>)> {
         let now = now_ms();
-        let mut reservation = Reservation::of(self.handoff.as_ref(), now);
+        let mut reservation = Reservation::of(self.handoff.as_ref(), now, 1);
         let mut tx = self.pool.begin().await?;
         let event = Self::insert_event(&mut tx, org, event_type, payload, &fanout, now, &mut reservation).await?;
         let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1 ORDER BY seq");

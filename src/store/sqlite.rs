@@ -84,7 +84,7 @@ where
         // An earlier run's reservation gives its places back here.
         self.outcome = None;
         let now = now_ms();
-        let mut reservation = Reservation::of(self.handoff.as_ref(), now);
+        let mut reservation = Reservation::of(self.handoff.as_ref(), now, 1);
         let result = (self.f)(tx, &mut reservation);
         reservation.settle();
         let ok = result.is_ok();
@@ -193,14 +193,25 @@ impl Hot {
             Hot::AdvanceDeliveries32 => return result_rows(32).1.into(),
         })
     }
-}
 
-/// How many of `left` rows one statement writes: the most of the sizes kept prepared (32, 8 and 1).
-fn rows_for(left: usize) -> usize {
-    match left {
-        32.. => 32,
-        8.. => 8,
-        _ => 1,
+    /// The statement for the next of `left` deliveries to insert, and how many it writes: the most of the
+    /// sizes kept prepared (32, 8 and 1).
+    fn insert_deliveries(left: usize) -> (usize, Hot) {
+        match left {
+            32.. => (32, Hot::InsertDeliveries32),
+            8.. => (8, Hot::InsertDeliveries8),
+            _ => (1, Hot::InsertDelivery),
+        }
+    }
+
+    /// The statements for the next of `left` results to write (the log and the advance), and how many they
+    /// write, as [`Hot::insert_deliveries`] chooses.
+    fn write_results(left: usize) -> (usize, Hot, Hot) {
+        match left {
+            32.. => (32, Hot::LogAttempts32, Hot::AdvanceDeliveries32),
+            8.. => (8, Hot::LogAttempts8, Hot::AdvanceDeliveries8),
+            _ => (1, Hot::LogAttempt, Hot::AdvanceDelivery),
+        }
     }
 }
 
@@ -754,12 +765,7 @@ fn insert_event(
     }
     let mut deliveries = deliveries.into_iter().peekable();
     while deliveries.peek().is_some() {
-        let n = rows_for(deliveries.len());
-        let statement = match n {
-            32 => Hot::InsertDeliveries32,
-            8 => Hot::InsertDeliveries8,
-            _ => Hot::InsertDelivery,
-        };
+        let (n, statement) = Hot::insert_deliveries(deliveries.len());
         let chunk: Vec<NewDelivery> = deliveries.by_ref().take(n).collect();
         let mut insert = c.hot(statement)?;
         insert.raw_bind_parameter(1, org)?;
@@ -1257,12 +1263,7 @@ impl Store for SqliteStore {
                 let (mut chunk, after) = rest.split_at(run);
                 rest = after;
                 while !chunk.is_empty() {
-                    let n = rows_for(chunk.len());
-                    let (log, advance) = match n {
-                        32 => (Hot::LogAttempts32, Hot::AdvanceDeliveries32),
-                        8 => (Hot::LogAttempts8, Hot::AdvanceDeliveries8),
-                        _ => (Hot::LogAttempt, Hot::AdvanceDelivery),
-                    };
+                    let (n, log, advance) = Hot::write_results(chunk.len());
                     let (these, after) = chunk.split_at(n);
                     chunk = after;
                     write_results(c, these, log, advance, now)?;

@@ -46,6 +46,13 @@ impl Fixture {
         self.store.create_endpoint(&self.org, new).await.expect("endpoint").id
     }
 
+    /// `n` enabled endpoints subscribed to the test events.
+    async fn endpoints(&self, n: usize) {
+        for _ in 0..n {
+            self.endpoint(true).await;
+        }
+    }
+
     async fn events(&self, n: usize) {
         for i in 0..n {
             self.store
@@ -292,9 +299,7 @@ on_both_stores! {
     async fn the_handoff_is_bounded_and_gives_back_what_it_holds() {
         let handoff = Arc::new(Handoff::new(2, Duration::from_secs(60)));
         let f = fixture_with(Some(handoff.clone())).await;
-        for _ in 0..3 {
-            f.endpoint(true).await;
-        }
+        f.endpoints(3).await;
         let disabled = f.endpoint(false).await;
         f.events(1).await;
         let now = tidings::domain::time::now_ms();
@@ -330,9 +335,7 @@ on_both_stores! {
     async fn a_wide_fan_out_hands_off_each_delivery_under_its_own_row() {
         let handoff = Arc::new(Handoff::new(45, Duration::from_secs(60)));
         let f = fixture_with(Some(handoff.clone())).await;
-        for _ in 0..50 {
-            f.endpoint(true).await;
-        }
+        f.endpoints(50).await;
         f.events(1).await;
         let handed = handoff.take(100, Duration::from_secs(1), |_| true);
         assert_eq!(handed.len(), 45);
@@ -355,9 +358,7 @@ on_both_stores! {
     /// the new lease's result moves the delivery.
     async fn results_for_one_delivery_in_one_batch_are_written_in_order() {
         let f = fixture().await;
-        for _ in 0..12 {
-            f.endpoint(true).await;
-        }
+        f.endpoints(12).await;
         f.events(1).await;
         let first = f.store.claim_due(NOW, NOW + 1_000, 100, &[]).await.unwrap();
         assert_eq!(first.len(), 12);
@@ -765,9 +766,7 @@ async fn sqlite_writes_results_ahead_of_waiting_updates() {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let f = fixture().await;
-    for _ in 0..50 {
-        f.endpoint(true).await;
-    }
+    f.endpoints(50).await;
     f.events(1).await;
     let claims = f.store.claim_due(NOW, NOW + 1_000, 1, &[]).await.unwrap();
     let patch = InterviewPatch::parse(&serde_json::json!({"interview_outcome": "qualified"})).unwrap();
