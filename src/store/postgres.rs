@@ -365,10 +365,12 @@ async fn insert_deliveries(
                   e.enabled AND row_number() OVER (ORDER BY NOT e.enabled) <= $5 AS leased \
            FROM unnest($1::text[], $2::text[]) AS u(i, o) JOIN chosen e ON e.org_id = u.o \
          ), inserted AS ( \
-           INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, lease_until, \
-                                   lease_token, created_at, updated_at) \
-           SELECT id, org_id, event_id, endpoint_id, 'pending', $3, CASE WHEN leased THEN $6 ELSE $3 END, \
-                  CASE WHEN leased THEN $6 END, CASE WHEN leased THEN $7 END, $3, $3 \
+           INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at) \
+           SELECT id, org_id, event_id, endpoint_id, 'pending', $3, $3, $3 FROM targets \
+         ), queued AS ( \
+           INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at, lease_until, lease_token) \
+           SELECT id, endpoint_id, CASE WHEN leased THEN $6 ELSE $3 END, CASE WHEN leased THEN $6 END, \
+                  CASE WHEN leased THEN $7 END \
            FROM targets \
          ) \
          SELECT {columns} FROM targets WHERE leased \
@@ -508,35 +510,63 @@ impl PostgresStore {
             .await?)
     }
 
-    /// Records a batch of attempt results in one statement.
+    /// Records a batch of attempt results in one transaction of two statements.
     async fn record_slice(&self, results: &[AttemptResult]) -> Result<()> {
-        // One statement for the whole batch. An attempt is logged for the deliveries the statement updated,
-        // numbered by the count it set, so a delivery deleted meanwhile gets none. A delivery twice in one batch
-        // (a stale lease's result beside the newer one) would be updated only once, so such a batch is split.
+        // An attempt is logged for the deliveries the second statement updated, numbered by the count it set, so
+        // a delivery deleted meanwhile gets none. A delivery twice in one batch (a stale lease's result beside the
+        // newer one) would be updated only once, so such a batch is split.
         let mut seen = HashSet::with_capacity(results.len());
         if let Some(split) = results.iter().position(|r| !seen.insert(r.delivery_id.as_str())) {
             Box::pin(self.record_slice(&results[..split])).await?;
             return Box::pin(self.record_slice(&results[split..])).await;
         }
+        // Rows are locked in the order of their ids, as deleting an endpoint locks them, so neither waits for
+        // the other while holding what the other waits for.
+        let mut sorted: Vec<&AttemptResult> = results.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
         let mut columns = AttemptColumns::default();
-        for result in results {
+        for result in sorted {
             columns.push(result);
         }
+        let mut tx = self.pool.begin().await?;
+        // First the queue, where the leases are: a result made under the lease its delivery still has takes the
+        // delivery out of the queue, or sets it due again at its next attempt. A result under a lease that ran
+        // out (and may have been taken again) leaves the queue as it is.
+        let owned: Vec<String> = sqlx::query_scalar(
+            "WITH r AS ( \
+               SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(delivery_id, lease_token, next_at) \
+             ), done AS ( \
+               DELETE FROM delivery_queue q USING r \
+               WHERE q.delivery_id = r.delivery_id AND q.lease_token = r.lease_token AND r.next_at IS NULL \
+               RETURNING q.delivery_id \
+             ), again AS ( \
+               UPDATE delivery_queue q SET run_at = r.next_at, lease_until = NULL, lease_token = NULL FROM r \
+               WHERE q.delivery_id = r.delivery_id AND q.lease_token = r.lease_token AND r.next_at IS NOT NULL \
+               RETURNING q.delivery_id \
+             ) \
+             SELECT delivery_id FROM done UNION ALL SELECT delivery_id FROM again",
+        )
+        .bind(&columns.delivery_id)
+        .bind(&columns.lease_token)
+        .bind(&columns.next_at)
+        .fetch_all(&mut *tx)
+        .await?;
+        let owned: HashSet<String> = owned.into_iter().collect();
+        let owned: Vec<bool> = columns.delivery_id.iter().map(|id| owned.contains(id)).collect();
+        // Then the deliveries, changing no indexed column (so each stays on its page, with no index written),
+        // and the attempts log.
         sqlx::query(
             "WITH r AS ( \
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+               SELECT * FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
                                     $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
-                 AS r(delivery_id, lease_token, trigger, started_at, duration_ms, status_code, error, \
-                      response_body, status, next_at, scheduled) \
+                 AS r(delivery_id, owned, trigger, started_at, duration_ms, status_code, error, response_body, \
+                      status, next_at, scheduled) \
              ), updated AS ( \
                UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
-                 scheduled_count = d.scheduled_count + CASE WHEN d.lease_token = r.lease_token THEN r.scheduled ELSE 0 END, \
-                 status = CASE WHEN d.lease_token = r.lease_token THEN r.status ELSE d.status END, \
-                 next_attempt_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.next_attempt_at END, \
-                 run_at = CASE WHEN d.lease_token = r.lease_token THEN r.next_at ELSE d.run_at END, \
-                 lease_until = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_until END, \
-                 manual = CASE WHEN d.lease_token = r.lease_token THEN FALSE ELSE d.manual END, \
-                 lease_token = CASE WHEN d.lease_token = r.lease_token THEN NULL ELSE d.lease_token END \
+                 scheduled_count = d.scheduled_count + CASE WHEN r.owned THEN r.scheduled ELSE 0 END, \
+                 status = CASE WHEN r.owned THEN r.status ELSE d.status END, \
+                 next_attempt_at = CASE WHEN r.owned THEN r.next_at ELSE d.next_attempt_at END, \
+                 manual = CASE WHEN r.owned THEN FALSE ELSE d.manual END \
                FROM r WHERE d.id = r.delivery_id \
                RETURNING d.id, d.attempt_count, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
                          r.response_body \
@@ -547,7 +577,7 @@ impl PostgresStore {
              FROM updated",
         )
         .bind(columns.delivery_id)
-        .bind(columns.lease_token)
+        .bind(owned)
         .bind(columns.trigger)
         .bind(columns.started_at)
         .bind(columns.duration_ms)
@@ -558,8 +588,9 @@ impl PostgresStore {
         .bind(columns.next_at)
         .bind(columns.scheduled)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -661,14 +692,23 @@ impl Store for PostgresStore {
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
-        // Its deliveries are locked before they go: attempts being recorded for them finish first (and are seen
-        // below), later ones find them gone and log nothing, and no other process claims one meanwhile.
+        // Its deliveries are locked before they go, their queue's rows first and each in the order of ids (as
+        // results lock them): attempts being recorded for them finish first (and are seen below), later ones
+        // find them gone and log nothing, and no other process claims one meanwhile.
+        sqlx::query(
+            "SELECT 1 FROM delivery_queue q JOIN deliveries d ON d.id = q.delivery_id \
+             WHERE d.endpoint_id = $1 ORDER BY q.delivery_id FOR UPDATE OF q",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("SELECT 1 FROM deliveries WHERE endpoint_id = $1 ORDER BY id FOR UPDATE")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "WITH gone AS (DELETE FROM deliveries WHERE endpoint_id = $1 RETURNING id) \
+            "WITH gone AS (DELETE FROM deliveries WHERE endpoint_id = $1 RETURNING id), \
+             unqueued AS (DELETE FROM delivery_queue WHERE delivery_id IN (SELECT id FROM gone)) \
              DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)",
         )
         .bind(id)
@@ -790,9 +830,21 @@ impl Store for PostgresStore {
     async fn request_retry(&self, org: &str, id: &str) -> Result<Option<DeliveryRecord>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // Queued (again) and due now, first: a lease it had is ended, so an attempt in flight under it no longer
+        // counts for the delivery. The queue's row is locked before the delivery's, as results lock them.
+        sqlx::query(
+            "INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at) \
+             SELECT id, endpoint_id, $1 FROM deliveries WHERE org_id = $2 AND id = $3 \
+             ON CONFLICT (delivery_id) DO UPDATE SET run_at = $1, lease_until = NULL, lease_token = NULL",
+        )
+        .bind(now)
+        .bind(org)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let sql = format!(
-            "UPDATE deliveries SET status = 'pending', manual = TRUE, run_at = $1, next_attempt_at = $1, lease_until = NULL, \
-             lease_token = NULL, updated_at = $1 WHERE org_id = $2 AND id = $3 RETURNING {DELIVERY_COLUMNS}"
+            "UPDATE deliveries SET status = 'pending', manual = TRUE, next_attempt_at = $1, updated_at = $1 \
+             WHERE org_id = $2 AND id = $3 RETURNING {DELIVERY_COLUMNS}"
         );
         let row: Option<DeliveryRow> =
             sqlx::query_as(&sql).bind(now).bind(org).bind(id).fetch_optional(&mut *tx).await?;
@@ -817,20 +869,22 @@ impl Store for PostgresStore {
         let token = ids::new_id("lease");
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH due AS ( \
-               SELECT d.id FROM deliveries d \
-               WHERE d.run_at <= $1 AND (d.lease_until IS NULL OR d.lease_until <= $1) \
-                 AND NOT (d.endpoint_id = ANY($2)) \
-                 AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id AND e.enabled) \
-               ORDER BY d.run_at LIMIT $3 \
-               FOR UPDATE OF d SKIP LOCKED \
+               SELECT q.delivery_id FROM delivery_queue q \
+               WHERE q.run_at <= $1 AND (q.lease_until IS NULL OR q.lease_until <= $1) \
+                 AND NOT (q.endpoint_id = ANY($2)) \
+                 AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = q.endpoint_id AND e.enabled) \
+               ORDER BY q.run_at LIMIT $3 \
+               FOR UPDATE OF q SKIP LOCKED \
              ), claimed AS ( \
-               UPDATE deliveries d SET lease_until = $4, lease_token = $5 FROM due WHERE d.id = due.id \
-               RETURNING d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual \
+               UPDATE delivery_queue q SET lease_until = $4, lease_token = $5 FROM due \
+               WHERE q.delivery_id = due.delivery_id \
+               RETURNING q.delivery_id \
              ) \
-             SELECT c.id, c.event_id, c.endpoint_id, c.scheduled_count, c.manual, \
-                    CASE WHEN row_number() OVER (PARTITION BY c.event_id) = 1 THEN ev.payload END AS payload, \
+             SELECT d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual, \
+                    CASE WHEN row_number() OVER (PARTITION BY d.event_id) = 1 THEN ev.payload END AS payload, \
                     e.url, e.secret, e.previous_secret, e.previous_secret_until \
-             FROM claimed c JOIN events ev ON ev.id = c.event_id JOIN endpoints e ON e.id = c.endpoint_id",
+             FROM claimed c JOIN deliveries d ON d.id = c.delivery_id JOIN events ev ON ev.id = d.event_id \
+                  JOIN endpoints e ON e.id = d.endpoint_id",
         )
         .bind(now)
         .bind(exclude)
@@ -848,8 +902,8 @@ impl Store for PostgresStore {
         for claim in claims {
             // A handed-off delivery was queued for the end of its lease: due now instead.
             sqlx::query(
-                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL, run_at = LEAST(run_at, $3) \
-                 WHERE id = $1 AND lease_token = $2",
+                "UPDATE delivery_queue SET lease_until = NULL, lease_token = NULL, run_at = LEAST(run_at, $3) \
+                 WHERE delivery_id = $1 AND lease_token = $2",
             )
             .bind(&claim.delivery_id)
             .bind(&claim.lease_token)
@@ -897,7 +951,7 @@ impl Store for PostgresStore {
     }
 
     async fn next_due_after(&self, now: Millis) -> Result<Option<Millis>> {
-        Ok(sqlx::query_scalar("SELECT MIN(run_at) FROM deliveries WHERE run_at > $1")
+        Ok(sqlx::query_scalar("SELECT MIN(run_at) FROM delivery_queue WHERE run_at > $1")
             .bind(now)
             .fetch_one(&self.pool)
             .await?)

@@ -629,6 +629,103 @@ async fn postgres_index_keys_compare_byte_by_byte() {
     assert!(other.is_empty(), "text keys under another collation: {other:?}");
 }
 
+/// Finishing a delivery changes no column any index of deliveries is made of, and its page has room for the
+/// new version: PostgreSQL writes it in place, with no index entry (the queue is a table of its own for this).
+#[tokio::test]
+async fn postgres_finished_deliveries_are_updated_in_place() {
+    let Some(db) = migrated_postgres("store::postgres_finished_deliveries_are_updated_in_place").await else {
+        return;
+    };
+    let store = tidings::store::open(&db.url).await.expect("open the store");
+    let org = store.create_org("Acme", &format!("hash-{}", rand::random::<u64>())).await.expect("org");
+    let f = Fixture { store, org, db };
+    f.endpoints(20).await;
+    f.events(5).await;
+    let claims = f.store.claim_due(NOW, NOW + 1_000, 200, &[]).await.unwrap();
+    assert_eq!(claims.len(), 100);
+    let results: Vec<AttemptResult> = claims.iter().map(|c| result(c, Next::Succeeded)).collect();
+    f.store.record_attempts(Arc::from(results)).await.unwrap();
+    assert!(f.store.claim_due(NOW + 10_000, NOW + 11_000, 200, &[]).await.unwrap().is_empty(), "all finished");
+
+    // Table statistics reach the view when the writing connection reports them (within a second or two of it
+    // going idle).
+    let pool = sqlx::PgPool::connect(&f.db.url).await.expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (updated, in_place) = loop {
+        let (updated, in_place): (i64, i64) =
+            sqlx::query_as("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'deliveries'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if updated >= 100 || std::time::Instant::now() > deadline {
+            break (updated, in_place);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(updated, 100, "one update per finished delivery");
+    assert_eq!(in_place, updated, "every delivery finished in place");
+}
+
+/// A PostgreSQL database written before migration 7 keeps its queue when the queue moves to a table of its own:
+/// a due delivery is claimed, a leased one only once its lease has run out, a finished one never, and a result
+/// under a lease taken before the migration counts only while that lease holds.
+#[tokio::test]
+async fn postgres_migration_7_keeps_the_queue() {
+    if crate::db::postgres_server().is_none() {
+        crate::db::skip_notice("store::postgres_migration_7_keeps_the_queue");
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await.expect("a database");
+    let earlier = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir("migrations/postgres").unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().as_ref() < "0007" {
+            std::fs::copy(&path, earlier.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    sqlx::migrate::Migrator::new(earlier.path()).await.unwrap().run(&pool).await.expect("migrations 1 to 6");
+    let (org, endpoint, event) =
+        ("org_0000000000010000000000aa", "ep_0000000000010000000000aa", "evt_0000000000010000000000aa");
+    let (due, leased, done) =
+        ("dlv_0000000000010000000000aa", "dlv_0000000000010000000000bb", "dlv_0000000000010000000000cc");
+    sqlx::raw_sql(&format!(
+        "INSERT INTO organizations (id, name, created_at) VALUES ('{org}', 'Acme', 1);
+         INSERT INTO endpoints (id, org_id, url, description, event_types, enabled, secret, created_at, updated_at)
+             VALUES ('{endpoint}', '{org}', 'http://127.0.0.1:9/hook', '', '[\"{EVENT_TYPE}\"]', true,
+                     'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 1, 1);
+         INSERT INTO events (id, org_id, type, payload, created_at) VALUES ('{event}', '{org}', '{EVENT_TYPE}', '{{\"n\":1}}', 1);
+         INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, created_at, updated_at)
+             VALUES ('{due}', '{org}', '{event}', '{endpoint}', 'pending', 5, 5, 1, 1);
+         INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, lease_until,
+                                 lease_token, created_at, updated_at)
+             VALUES ('{leased}', '{org}', '{event}', '{endpoint}', 'pending', 5, 500, 500, 'lease_old', 1, 1);
+         INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, attempt_count, scheduled_count, created_at, updated_at)
+             VALUES ('{done}', '{org}', '{event}', '{endpoint}', 'succeeded', 1, 1, 1, 2);"
+    ))
+    .execute(&pool)
+    .await
+    .expect("rows written before migration 7");
+
+    let store = tidings::store::open(&db.url).await.expect("open and migrate the store");
+    let first = store.claim_due(10, 1_000, 10, &[]).await.unwrap();
+    assert_eq!(first.iter().map(|c| c.delivery_id.as_str()).collect::<Vec<_>>(), [due], "only the due one");
+    assert_eq!(first[0].payload.as_ref(), b"{\"n\":1}");
+    let second = store.claim_due(600, 2_000, 10, &[]).await.unwrap();
+    assert_eq!(second.iter().map(|c| c.delivery_id.as_str()).collect::<Vec<_>>(), [leased], "its lease ran out");
+
+    let stale = AttemptResult { lease_token: "lease_old".into(), ..result(&second[0], Next::Succeeded) };
+    store.record_attempts(Arc::from([stale])).await.unwrap();
+    let (delivery, attempts) = store.get_delivery(org, leased).await.unwrap().unwrap();
+    assert_eq!((delivery.status, attempts.len()), (DeliveryStatus::Pending, 1), "logged, but the lease is gone");
+    store.record_attempts(Arc::from([result(&second[0], Next::Succeeded)])).await.unwrap();
+    let (delivery, _) = store.get_delivery(org, leased).await.unwrap().unwrap();
+    assert_eq!((delivery.status, delivery.attempt_count), (DeliveryStatus::Succeeded, 2));
+    assert!(store.claim_due(5_000, 6_000, 10, &[]).await.unwrap().iter().all(|c| c.delivery_id == due));
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_queue").fetch_one(&pool).await.unwrap();
+    assert_eq!(queued, 1, "the finished ones are out of the queue");
+}
+
 /// Each update committer has a connection of its own (they take batches in turn). Lost while idle, it is found
 /// out and replaced before the next update; lost under an update, that update fails and writes nothing, and
 /// the next one connects again.
