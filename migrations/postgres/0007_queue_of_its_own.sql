@@ -9,15 +9,16 @@ CREATE TABLE delivery_queue (
     endpoint_id TEXT COLLATE "C" NOT NULL,
     run_at      BIGINT NOT NULL, -- due from then, unless leased
     lease_until BIGINT,          -- leased to a process until then
-    lease_token TEXT             -- the lease: a result counts only under the lease it was made under
+    lease_token TEXT,            -- the lease: a result counts only under the lease it was made under
+    manual      BOOLEAN NOT NULL DEFAULT FALSE -- its next attempt was asked for (a manual retry)
 ) WITH (fillfactor = 50);
 CREATE INDEX delivery_queue_due ON delivery_queue (run_at);
 
-INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at, lease_until, lease_token)
-SELECT id, endpoint_id, run_at, lease_until, lease_token FROM deliveries WHERE run_at IS NOT NULL;
+INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at, lease_until, lease_token, manual)
+SELECT id, endpoint_id, run_at, lease_until, lease_token, manual FROM deliveries WHERE run_at IS NOT NULL;
 
 DROP INDEX deliveries_due;
-ALTER TABLE deliveries DROP COLUMN run_at, DROP COLUMN lease_until, DROP COLUMN lease_token;
+ALTER TABLE deliveries DROP COLUMN run_at, DROP COLUMN lease_until, DROP COLUMN lease_token, DROP COLUMN manual;
 -- A delivery is written once more after it is inserted (when it is finished; again per retry), and the new
 -- version stays on the page only if the page has room for it: rows are inserted into half a page, so each
 -- page's rows can all be finished in place before the old versions are pruned. (Finishing in place, not the

@@ -520,8 +520,8 @@ impl PostgresStore {
             Box::pin(self.record_slice(&results[..split])).await?;
             return Box::pin(self.record_slice(&results[split..])).await;
         }
-        // Rows are locked in the order of their ids, as deleting an endpoint locks them, so neither waits for
-        // the other while holding what the other waits for.
+        // Rows are locked in the order of their ids, the queue's and then the deliveries', as deleting an
+        // endpoint locks them, so neither waits for the other while holding what the other waits for.
         let mut sorted: Vec<&AttemptResult> = results.iter().collect();
         sorted.sort_unstable_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
         let mut columns = AttemptColumns::default();
@@ -530,21 +530,22 @@ impl PostgresStore {
         }
         let mut tx = self.pool.begin().await?;
         // First the queue, where the leases are: a result made under the lease its delivery still has takes the
-        // delivery out of the queue, or sets it due again at its next attempt. A result under a lease that ran
-        // out (and may have been taken again) leaves the queue as it is.
+        // delivery out of the queue, to be queued anew at its next attempt if it has one (a row written anew
+        // costs what moving it in the due index would: a new version and two index entries, and this way the
+        // rows are locked by one statement in the order given). A result under a lease that ran out and was
+        // taken again, or was ended by a manual retry, leaves the queue as it is.
         let owned: Vec<String> = sqlx::query_scalar(
             "WITH r AS ( \
                SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(delivery_id, lease_token, next_at) \
-             ), done AS ( \
+             ), owned AS ( \
                DELETE FROM delivery_queue q USING r \
-               WHERE q.delivery_id = r.delivery_id AND q.lease_token = r.lease_token AND r.next_at IS NULL \
-               RETURNING q.delivery_id \
+               WHERE q.delivery_id = r.delivery_id AND q.lease_token = r.lease_token \
+               RETURNING q.delivery_id, q.endpoint_id, r.next_at \
              ), again AS ( \
-               UPDATE delivery_queue q SET run_at = r.next_at, lease_until = NULL, lease_token = NULL FROM r \
-               WHERE q.delivery_id = r.delivery_id AND q.lease_token = r.lease_token AND r.next_at IS NOT NULL \
-               RETURNING q.delivery_id \
+               INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at) \
+               SELECT delivery_id, endpoint_id, next_at FROM owned WHERE next_at IS NOT NULL \
              ) \
-             SELECT delivery_id FROM done UNION ALL SELECT delivery_id FROM again",
+             SELECT delivery_id FROM owned",
         )
         .bind(&columns.delivery_id)
         .bind(&columns.lease_token)
@@ -565,8 +566,7 @@ impl PostgresStore {
                UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
                  scheduled_count = d.scheduled_count + CASE WHEN r.owned THEN r.scheduled ELSE 0 END, \
                  status = CASE WHEN r.owned THEN r.status ELSE d.status END, \
-                 next_attempt_at = CASE WHEN r.owned THEN r.next_at ELSE d.next_attempt_at END, \
-                 manual = CASE WHEN r.owned THEN FALSE ELSE d.manual END \
+                 next_attempt_at = CASE WHEN r.owned THEN r.next_at ELSE d.next_attempt_at END \
                FROM r WHERE d.id = r.delivery_id \
                RETURNING d.id, d.attempt_count, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
                          r.response_body \
@@ -831,11 +831,12 @@ impl Store for PostgresStore {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         // Queued (again) and due now, first: a lease it had is ended, so an attempt in flight under it no longer
-        // counts for the delivery. The queue's row is locked before the delivery's, as results lock them.
+        // counts for the delivery. The queue's row is locked before the delivery's, as results lock them; if
+        // the delivery is gone by then (its endpoint deleted), nothing is written.
         sqlx::query(
-            "INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at) \
-             SELECT id, endpoint_id, $1 FROM deliveries WHERE org_id = $2 AND id = $3 \
-             ON CONFLICT (delivery_id) DO UPDATE SET run_at = $1, lease_until = NULL, lease_token = NULL",
+            "INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at, manual) \
+             SELECT id, endpoint_id, $1, TRUE FROM deliveries WHERE org_id = $2 AND id = $3 \
+             ON CONFLICT (delivery_id) DO UPDATE SET run_at = $1, lease_until = NULL, lease_token = NULL, manual = TRUE",
         )
         .bind(now)
         .bind(org)
@@ -843,11 +844,15 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         let sql = format!(
-            "UPDATE deliveries SET status = 'pending', manual = TRUE, next_attempt_at = $1, updated_at = $1 \
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, updated_at = $1 \
              WHERE org_id = $2 AND id = $3 RETURNING {DELIVERY_COLUMNS}"
         );
         let row: Option<DeliveryRow> =
             sqlx::query_as(&sql).bind(now).bind(org).bind(id).fetch_optional(&mut *tx).await?;
+        if row.is_none() {
+            // Dropping `tx` rolls the queue's row back.
+            return Ok(None);
+        }
         sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *tx).await?;
         tx.commit().await?;
         row.map(DeliveryRecord::try_from).transpose()
@@ -878,9 +883,9 @@ impl Store for PostgresStore {
              ), claimed AS ( \
                UPDATE delivery_queue q SET lease_until = $4, lease_token = $5 FROM due \
                WHERE q.delivery_id = due.delivery_id \
-               RETURNING q.delivery_id \
+               RETURNING q.delivery_id, q.manual \
              ) \
-             SELECT d.id, d.event_id, d.endpoint_id, d.scheduled_count, d.manual, \
+             SELECT d.id, d.event_id, d.endpoint_id, d.scheduled_count, c.manual, \
                     CASE WHEN row_number() OVER (PARTITION BY d.event_id) = 1 THEN ev.payload END AS payload, \
                     e.url, e.secret, e.previous_secret, e.previous_secret_until \
              FROM claimed c JOIN deliveries d ON d.id = c.delivery_id JOIN events ev ON ev.id = d.event_id \
@@ -898,6 +903,9 @@ impl Store for PostgresStore {
 
     async fn release(&self, claims: &[Claim]) -> Result<()> {
         let now = now_ms();
+        // In the order of ids, as every other write of several queue rows locks them.
+        let mut claims: Vec<&Claim> = claims.iter().collect();
+        claims.sort_unstable_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
         let mut tx = self.pool.begin().await?;
         for claim in claims {
             // A handed-off delivery was queued for the end of its lease: due now instead.

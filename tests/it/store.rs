@@ -647,9 +647,16 @@ async fn postgres_finished_deliveries_are_updated_in_place() {
     f.store.record_attempts(Arc::from(results)).await.unwrap();
     assert!(f.store.claim_due(NOW + 10_000, NOW + 11_000, 200, &[]).await.unwrap().is_empty(), "all finished");
 
-    // Table statistics reach the view when the writing connection reports them (within a second or two of it
-    // going idle).
+    // Table statistics reach the view when a connection reports them: at the latest when it ends, so the
+    // store's connections are ended.
     let pool = sqlx::PgPool::connect(&f.db.url).await.expect("connect");
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let (updated, in_place) = loop {
         let (updated, in_place): (i64, i64) =
@@ -667,8 +674,9 @@ async fn postgres_finished_deliveries_are_updated_in_place() {
 }
 
 /// A PostgreSQL database written before migration 7 keeps its queue when the queue moves to a table of its own:
-/// a due delivery is claimed, a leased one only once its lease has run out, a finished one never, and a result
-/// under a lease taken before the migration counts only while that lease holds.
+/// a due delivery is claimed, a leased one only once its lease has run out, a finished one never; a result
+/// under a lease taken before the migration finishes its delivery while that lease holds, and after it has run
+/// out and been taken again is logged but moves nothing.
 #[tokio::test]
 async fn postgres_migration_7_keeps_the_queue() {
     if crate::db::postgres_server().is_none() {
@@ -687,43 +695,62 @@ async fn postgres_migration_7_keeps_the_queue() {
     sqlx::migrate::Migrator::new(earlier.path()).await.unwrap().run(&pool).await.expect("migrations 1 to 6");
     let (org, endpoint, event) =
         ("org_0000000000010000000000aa", "ep_0000000000010000000000aa", "evt_0000000000010000000000aa");
-    let (due, leased, done) =
-        ("dlv_0000000000010000000000aa", "dlv_0000000000010000000000bb", "dlv_0000000000010000000000cc");
+    let [due, held, expired, done] = ["aa", "bb", "cc", "dd"].map(|end| format!("dlv_00000000000100000000{end}00"));
+    let pending = |id: &str, lease: &str| {
+        format!(
+            "INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, lease_until, \
+                                     lease_token, manual, created_at, updated_at) \
+             VALUES ('{id}', '{org}', '{event}', '{endpoint}', 'pending', 5, 5, {lease}, {}, {}, 1, 1);",
+            if lease == "NULL" { "NULL".to_owned() } else { format!("'lease_{lease}'") },
+            id == due,
+        )
+    };
     sqlx::raw_sql(&format!(
         "INSERT INTO organizations (id, name, created_at) VALUES ('{org}', 'Acme', 1);
          INSERT INTO endpoints (id, org_id, url, description, event_types, enabled, secret, created_at, updated_at)
              VALUES ('{endpoint}', '{org}', 'http://127.0.0.1:9/hook', '', '[\"{EVENT_TYPE}\"]', true,
                      'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 1, 1);
          INSERT INTO events (id, org_id, type, payload, created_at) VALUES ('{event}', '{org}', '{EVENT_TYPE}', '{{\"n\":1}}', 1);
-         INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, created_at, updated_at)
-             VALUES ('{due}', '{org}', '{event}', '{endpoint}', 'pending', 5, 5, 1, 1);
-         INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, next_attempt_at, run_at, lease_until,
-                                 lease_token, created_at, updated_at)
-             VALUES ('{leased}', '{org}', '{event}', '{endpoint}', 'pending', 5, 500, 500, 'lease_old', 1, 1);
+         {}{}{}
          INSERT INTO deliveries (id, org_id, event_id, endpoint_id, status, attempt_count, scheduled_count, created_at, updated_at)
-             VALUES ('{done}', '{org}', '{event}', '{endpoint}', 'succeeded', 1, 1, 1, 2);"
+             VALUES ('{done}', '{org}', '{event}', '{endpoint}', 'succeeded', 1, 1, 1, 2);",
+        pending(&due, "NULL"),
+        pending(&held, "500"),
+        pending(&expired, "8"),
     ))
     .execute(&pool)
     .await
     .expect("rows written before migration 7");
 
     let store = tidings::store::open(&db.url).await.expect("open and migrate the store");
-    let first = store.claim_due(10, 1_000, 10, &[]).await.unwrap();
-    assert_eq!(first.iter().map(|c| c.delivery_id.as_str()).collect::<Vec<_>>(), [due], "only the due one");
-    assert_eq!(first[0].payload.as_ref(), b"{\"n\":1}");
-    let second = store.claim_due(600, 2_000, 10, &[]).await.unwrap();
-    assert_eq!(second.iter().map(|c| c.delivery_id.as_str()).collect::<Vec<_>>(), [leased], "its lease ran out");
+    let mut claims = store.claim_due(10, 1_000, 10, &[]).await.unwrap();
+    claims.sort_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
+    let claimed: Vec<&str> = claims.iter().map(|c| c.delivery_id.as_str()).collect();
+    assert_eq!(claimed, [due.as_str(), expired.as_str()], "the due one and the one whose lease ran out");
+    assert_eq!(claims[0].payload.as_ref(), b"{\"n\":1}");
+    assert_eq!((claims[0].trigger, claims[1].trigger), (Trigger::Manual, Trigger::Scheduled), "asked for by hand");
 
-    let stale = AttemptResult { lease_token: "lease_old".into(), ..result(&second[0], Next::Succeeded) };
-    store.record_attempts(Arc::from([stale])).await.unwrap();
-    let (delivery, attempts) = store.get_delivery(org, leased).await.unwrap().unwrap();
-    assert_eq!((delivery.status, attempts.len()), (DeliveryStatus::Pending, 1), "logged, but the lease is gone");
-    store.record_attempts(Arc::from([result(&second[0], Next::Succeeded)])).await.unwrap();
-    let (delivery, _) = store.get_delivery(org, leased).await.unwrap().unwrap();
-    assert_eq!((delivery.status, delivery.attempt_count), (DeliveryStatus::Succeeded, 2));
-    assert!(store.claim_due(5_000, 6_000, 10, &[]).await.unwrap().iter().all(|c| c.delivery_id == due));
-    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_queue").fetch_one(&pool).await.unwrap();
-    assert_eq!(queued, 1, "the finished ones are out of the queue");
+    let under = |id: &str, lease: &str| AttemptResult {
+        delivery_id: id.to_owned(),
+        lease_token: format!("lease_{lease}"),
+        ..result(&claims[0], Next::Succeeded)
+    };
+    store.record_attempts(Arc::from([under(&held, "500"), under(&expired, "8")])).await.unwrap();
+    let status = |id: String| {
+        let store = store.clone();
+        async move {
+            let (delivery, attempts) = store.get_delivery(org, &id).await.unwrap().unwrap();
+            (delivery.status, attempts.len())
+        }
+    };
+    assert_eq!(status(held.clone()).await, (DeliveryStatus::Succeeded, 1), "its lease still held");
+    assert_eq!(status(expired.clone()).await, (DeliveryStatus::Pending, 1), "logged, but its lease was taken again");
+    store.record_attempts(Arc::from([result(&claims[1], Next::Succeeded)])).await.unwrap();
+    assert_eq!(status(expired.clone()).await, (DeliveryStatus::Succeeded, 2));
+    assert_eq!(status(done.clone()).await, (DeliveryStatus::Succeeded, 0));
+    let queued: Vec<String> =
+        sqlx::query_scalar("SELECT delivery_id FROM delivery_queue").fetch_all(&pool).await.unwrap();
+    assert_eq!(queued, [due], "only the one still leased is left in the queue");
 }
 
 /// Each update committer has a connection of its own (they take batches in turn). Lost while idle, it is found
