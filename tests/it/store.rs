@@ -498,6 +498,41 @@ on_both_stores! {
         assert_eq!(types[&call.id], "call_completed");
         assert!(f.store.event_types(&f.org, &[]).await.unwrap().is_empty());
     }
+
+    /// Deleting an endpoint while a batch of results for it (finished deliveries and retries, beside another
+    /// endpoint's) is being recorded: both succeed, whichever goes first, and nothing of the endpoint is left
+    /// to claim.
+    async fn an_endpoint_deleted_while_its_results_are_recorded() {
+        let f = fixture().await;
+        let gone = f.endpoint(true).await;
+        let kept = f.endpoint(true).await;
+        f.events(60).await;
+        let claims = f.store.claim_due(NOW, NOW + 1_000, 200, &[]).await.unwrap();
+        assert_eq!(claims.len(), 120);
+        // Every other one is retried, so the batch both takes deliveries out of the queue and puts them back.
+        let results: Vec<AttemptResult> = claims
+            .iter()
+            .enumerate()
+            .map(|(i, c)| result(c, if i % 2 == 0 { Next::Succeeded } else { Next::RetryAt(NOW + 2_000) }))
+            .collect();
+        let retried: HashSet<&str> = claims
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| i % 2 == 1 && c.endpoint_id == kept)
+            .map(|(_, c)| c.delivery_id.as_str())
+            .collect();
+        let (recorded, deleted) =
+            tokio::join!(f.store.record_attempts(Arc::from(results)), f.store.delete_endpoint(&f.org, &gone));
+        recorded.expect("the results are recorded");
+        assert!(deleted.expect("the endpoint is deleted"));
+
+        let again = f.store.claim_due(NOW + 10_000, NOW + 11_000, 200, &[]).await.unwrap();
+        let again: HashSet<&str> = again.iter().map(|c| c.delivery_id.as_str()).collect();
+        assert_eq!(again, retried, "the kept endpoint's retries, and nothing of the deleted one");
+        for claim in claims.iter().filter(|c| c.endpoint_id == gone) {
+            assert!(f.store.get_delivery(&f.org, &claim.delivery_id).await.unwrap().is_none());
+        }
+    }
 }
 
 /// Locks candidate `cand_held` of the fixture's organization from a connection of the test's own, and starts
