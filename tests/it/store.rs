@@ -53,6 +53,16 @@ impl Fixture {
         }
     }
 
+    /// Two enabled endpoints, `events` events to both, and every delivery claimed: the endpoints and the claims.
+    async fn claimed_over_two_endpoints(&self, events: usize) -> (String, String, Vec<Claim>) {
+        let first = self.endpoint(true).await;
+        let second = self.endpoint(true).await;
+        self.events(events).await;
+        let claims = self.store.claim_due(NOW, NOW + 1_000, 2 * events as u32, &[]).await.unwrap();
+        assert_eq!(claims.len(), 2 * events);
+        (first, second, claims)
+    }
+
     async fn events(&self, n: usize) {
         for i in 0..n {
             self.store
@@ -190,11 +200,7 @@ on_both_stores! {
     /// one is dropped without an error.
     async fn deleting_an_endpoint_drops_its_queue() {
         let f = fixture().await;
-        let endpoint = f.endpoint(true).await;
-        let kept = f.endpoint(true).await;
-        f.events(3).await;
-        let claims = f.store.claim_due(NOW, NOW + 1_000, 6, &[]).await.unwrap();
-        assert_eq!(claims.len(), 6);
+        let (endpoint, kept, claims) = f.claimed_over_two_endpoints(3).await;
         let (doomed, others): (Vec<_>, Vec<_>) = claims.iter().partition(|c| c.endpoint_id == endpoint);
         // One attempt logged for each before the delete, and a result for one of the doomed after it.
         let failed: Vec<_> = claims.iter().map(|c| result(c, Next::RetryAt(NOW))).collect();
@@ -504,11 +510,7 @@ on_both_stores! {
     /// to claim.
     async fn an_endpoint_deleted_while_its_results_are_recorded() {
         let f = fixture().await;
-        let gone = f.endpoint(true).await;
-        let kept = f.endpoint(true).await;
-        f.events(60).await;
-        let claims = f.store.claim_due(NOW, NOW + 1_000, 200, &[]).await.unwrap();
-        assert_eq!(claims.len(), 120);
+        let (gone, kept, claims) = f.claimed_over_two_endpoints(60).await;
         // Every other one is retried, so the batch both takes deliveries out of the queue and puts them back.
         let results: Vec<AttemptResult> = claims
             .iter()
