@@ -436,6 +436,11 @@ impl EventColumns {
     }
 }
 
+/// Whether PostgreSQL ended the statement to break a deadlock (SQLSTATE 40P01).
+pub fn is_deadlock(error: &sqlx::Error) -> bool {
+    error.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01")
+}
+
 type Tx = Transaction<'static, Postgres>;
 
 /// How the store's connections are made. Every statement of the store is answered from an index, and each is
@@ -508,6 +513,46 @@ impl PostgresStore {
             .bind(i64::from(page.limit) + 1)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// One try at deleting an endpoint with its queue, deliveries and attempts (see `delete_endpoint`).
+    async fn delete_endpoint_once(&self, org: &str, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // Waits for batches still making deliveries to this endpoint (they lock it), so those are seen below.
+        let deleted = sqlx::query("DELETE FROM endpoints WHERE org_id = $1 AND id = $2")
+            .bind(org)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        // Its deliveries are locked before they go, their queue's rows first and each in the order of ids (as
+        // results lock them): attempts being recorded for them finish first (and are seen below), and later
+        // ones find them gone and log nothing. (A retry queued anew by results that finished while this waited
+        // is not locked here, and may be claimed once meanwhile, like an attempt already in flight; the last
+        // statement still deletes it.)
+        sqlx::query(
+            "SELECT 1 FROM delivery_queue q JOIN deliveries d ON d.id = q.delivery_id \
+             WHERE d.endpoint_id = $1 ORDER BY q.delivery_id FOR UPDATE OF q",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT 1 FROM deliveries WHERE endpoint_id = $1 ORDER BY id FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "WITH gone AS (DELETE FROM deliveries WHERE endpoint_id = $1 RETURNING id), \
+             unqueued AS (DELETE FROM delivery_queue WHERE delivery_id IN (SELECT id FROM gone)) \
+             DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Records a batch of attempt results in one transaction of two statements.
@@ -682,40 +727,17 @@ impl Store for PostgresStore {
     }
 
     async fn delete_endpoint(&self, org: &str, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        // Waits for batches still making deliveries to this endpoint (they lock it), so those are seen below.
-        let deleted = sqlx::query("DELETE FROM endpoints WHERE org_id = $1 AND id = $2")
-            .bind(org)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if deleted.rows_affected() == 0 {
-            return Ok(false);
+        // Results lock their rows in the order of ids on every plan the store's connections make, as this does;
+        // a connection with other settings (a pooler that dropped `enable_seqscan`) may not, and PostgreSQL
+        // then ends one of the two as a deadlock. Results are written again by their recorder, and this tries
+        // again too.
+        let mut tries = 0;
+        loop {
+            match self.delete_endpoint_once(org, id).await {
+                Err(StoreError::Database(error)) if tries < 2 && is_deadlock(&error) => tries += 1,
+                outcome => return outcome,
+            }
         }
-        // Its deliveries are locked before they go, their queue's rows first and each in the order of ids (as
-        // results lock them): attempts being recorded for them finish first (and are seen below), later ones
-        // find them gone and log nothing, and no other process claims one meanwhile.
-        sqlx::query(
-            "SELECT 1 FROM delivery_queue q JOIN deliveries d ON d.id = q.delivery_id \
-             WHERE d.endpoint_id = $1 ORDER BY q.delivery_id FOR UPDATE OF q",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SELECT 1 FROM deliveries WHERE endpoint_id = $1 ORDER BY id FOR UPDATE")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "WITH gone AS (DELETE FROM deliveries WHERE endpoint_id = $1 RETURNING id), \
-             unqueued AS (DELETE FROM delivery_queue WHERE delivery_id IN (SELECT id FROM gone)) \
-             DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     async fn rotate_secret(

@@ -710,6 +710,37 @@ async fn postgres_finished_deliveries_are_updated_in_place() {
     assert_eq!(in_place, updated, "every delivery finished in place");
 }
 
+/// A deadlock is told from other database errors (deleting an endpoint tries again after one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_deadlock_is_told_from_other_errors() {
+    use sqlx::Connection;
+    use tidings::store::postgres::is_deadlock;
+
+    let Some(db) = migrated_postgres("store::postgres_a_deadlock_is_told_from_other_errors").await else {
+        return;
+    };
+    let mut setup = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::raw_sql("CREATE TABLE pair (id INT PRIMARY KEY); INSERT INTO pair VALUES (1), (2);")
+        .execute(&mut setup)
+        .await
+        .unwrap();
+    let duplicate = sqlx::query("INSERT INTO pair VALUES (1)").execute(&mut setup).await.unwrap_err();
+    assert!(!is_deadlock(&duplicate), "{duplicate}");
+
+    // Each locks one row, then waits for the other's: PostgreSQL ends one of them.
+    let lock_both = |first: i32, second: i32, url: String| async move {
+        let mut connection = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let mut tx = connection.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM pair WHERE id = $1 FOR UPDATE").bind(first).execute(&mut *tx).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sqlx::query("SELECT 1 FROM pair WHERE id = $1 FOR UPDATE").bind(second).execute(&mut *tx).await.map(|_| ())
+    };
+    let (a, b) = tokio::join!(lock_both(1, 2, db.url.clone()), lock_both(2, 1, db.url.clone()));
+    let errors: Vec<sqlx::Error> = [a, b].into_iter().filter_map(Result::err).collect();
+    assert_eq!(errors.len(), 1, "one of the two is ended");
+    assert!(is_deadlock(&errors[0]), "{}", errors[0]);
+}
+
 /// A PostgreSQL database written before migration 7 keeps its queue when the queue moves to a table of its own:
 /// a due delivery is claimed, a leased one only once its lease has run out, a finished one never; a result
 /// under a lease taken before the migration finishes its delivery while that lease holds, and after it has run
