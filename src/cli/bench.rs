@@ -186,16 +186,15 @@ fn database_cpu_us_per_webhook(before: &HashMap<String, f64>, webhooks: usize) -
     spent.max(0.0) * 1e6 / webhooks.max(1) as f64
 }
 
-/// Whether a `postgres://` URL names a server on this machine (loopback, or a socket by path).
+/// Whether a `postgres://` URL names a server on this machine (a loopback address, `localhost` or a socket), read
+/// as the store's connections read it (so with `PGHOST` and the other defaults they take).
 fn is_local(database: &str) -> bool {
-    let after_scheme = database.split_once("://").map_or("", |(_, rest)| rest);
-    let authority = after_scheme.split(['/', '?']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.split_once(']'))
-        .map_or_else(|| host.split(':').next().unwrap_or_default(), |(h, _)| h);
-    matches!(host, "" | "localhost" | "::1") || host.starts_with("127.")
+    let Ok(options) = crate::store::postgres::connect_options(database) else { return false };
+    let host = options.get_host().trim_start_matches('[').trim_end_matches(']');
+    options.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Server {

@@ -531,21 +531,19 @@ impl PostgresStore {
         // results lock them): attempts being recorded for them finish first (and are seen below), and later
         // ones find them gone and log nothing. (A retry queued anew by results that finished while this waited
         // is not locked here, and may be claimed once meanwhile, like an attempt already in flight; the last
-        // statement still deletes it.)
-        sqlx::query(
-            "SELECT 1 FROM delivery_queue q JOIN deliveries d ON d.id = q.delivery_id \
-             WHERE d.endpoint_id = $1 ORDER BY q.delivery_id FOR UPDATE OF q",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        // statement still deletes it.) The queue holds only deliveries waiting for an attempt, and is read by its
+        // rows' endpoint without an index, as rarely as endpoints are deleted.
+        sqlx::query("SELECT 1 FROM delivery_queue WHERE endpoint_id = $1 ORDER BY delivery_id FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT 1 FROM deliveries WHERE endpoint_id = $1 ORDER BY id FOR UPDATE")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
             "WITH gone AS (DELETE FROM deliveries WHERE endpoint_id = $1 RETURNING id), \
-             unqueued AS (DELETE FROM delivery_queue WHERE delivery_id IN (SELECT id FROM gone)) \
+             unqueued AS (DELETE FROM delivery_queue WHERE endpoint_id = $1) \
              DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)",
         )
         .bind(id)

@@ -29,6 +29,11 @@ async fn fixture() -> Fixture {
 /// A store whose new deliveries are handed to this process's workers through `handoff`.
 async fn fixture_with(handoff: Option<Arc<Handoff>>) -> Fixture {
     let db = TestDb::new(Backend::current()).await.expect("a database");
+    fixture_in(db, handoff).await
+}
+
+/// A store in `db`, with an organization.
+async fn fixture_in(db: TestDb, handoff: Option<Arc<Handoff>>) -> Fixture {
     let store = tidings::store::open_with(&db.url, handoff).await.expect("open the store");
     let org = store.create_org("Acme", &format!("hash-{}", rand::random::<u64>())).await.expect("org");
     Fixture { store, org, db }
@@ -571,13 +576,18 @@ async fn hold_candidate(
     }
 }
 
-/// A freshly migrated PostgreSQL database, or `None` (after saying the test is skipped) when there is no server.
-async fn migrated_postgres(test: &str) -> Option<TestDb> {
+/// A fresh, empty PostgreSQL database, or `None` (after saying the test is skipped) when there is no server.
+async fn postgres_database(test: &str) -> Option<TestDb> {
     if crate::db::postgres_server().is_none() {
         crate::db::skip_notice(test);
         return None;
     }
-    let db = TestDb::new(Backend::Postgres).await.expect("a database");
+    Some(TestDb::new(Backend::Postgres).await.expect("a database"))
+}
+
+/// A freshly migrated PostgreSQL database, or `None` when there is no server.
+async fn migrated_postgres(test: &str) -> Option<TestDb> {
+    let db = postgres_database(test).await?;
     tidings::store::open(&db.url).await.expect("open and migrate the store");
     Some(db)
 }
@@ -670,12 +680,10 @@ async fn postgres_index_keys_compare_byte_by_byte() {
 /// new version: PostgreSQL writes it in place, with no index entry (the queue is a table of its own for this).
 #[tokio::test]
 async fn postgres_finished_deliveries_are_updated_in_place() {
-    let Some(db) = migrated_postgres("store::postgres_finished_deliveries_are_updated_in_place").await else {
+    let Some(db) = postgres_database("store::postgres_finished_deliveries_are_updated_in_place").await else {
         return;
     };
-    let store = tidings::store::open(&db.url).await.expect("open the store");
-    let org = store.create_org("Acme", &format!("hash-{}", rand::random::<u64>())).await.expect("org");
-    let f = Fixture { store, org, db };
+    let f = fixture_in(db, None).await;
     f.endpoints(20).await;
     f.events(5).await;
     let claims = f.store.claim_due(NOW, NOW + 1_000, 200, &[]).await.unwrap();
@@ -727,15 +735,19 @@ async fn postgres_a_deadlock_is_told_from_other_errors() {
     let duplicate = sqlx::query("INSERT INTO pair VALUES (1)").execute(&mut setup).await.unwrap_err();
     assert!(!is_deadlock(&duplicate), "{duplicate}");
 
-    // Each locks one row, then waits for the other's: PostgreSQL ends one of them.
-    let lock_both = |first: i32, second: i32, url: String| async move {
-        let mut connection = sqlx::PgConnection::connect(&url).await.expect("connect");
-        let mut tx = connection.begin().await.unwrap();
-        sqlx::query("SELECT 1 FROM pair WHERE id = $1 FOR UPDATE").bind(first).execute(&mut *tx).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        sqlx::query("SELECT 1 FROM pair WHERE id = $1 FOR UPDATE").bind(second).execute(&mut *tx).await.map(|_| ())
+    // Each locks one row and, once both hold theirs, waits for the other's: PostgreSQL ends one of them.
+    let both_hold = Arc::new(tokio::sync::Barrier::new(2));
+    let lock_both = |first: i32, second: i32| {
+        let (url, both_hold) = (db.url.clone(), both_hold.clone());
+        async move {
+            let mut connection = sqlx::PgConnection::connect(&url).await.expect("connect");
+            let mut tx = connection.begin().await.unwrap();
+            sqlx::query("SELECT 1 FROM pair WHERE id = $1 FOR UPDATE").bind(first).execute(&mut *tx).await.unwrap();
+            both_hold.wait().await;
+            sqlx::query("SELECT 1 FROM pair WHERE id = $1 FOR UPDATE").bind(second).execute(&mut *tx).await.map(|_| ())
+        }
     };
-    let (a, b) = tokio::join!(lock_both(1, 2, db.url.clone()), lock_both(2, 1, db.url.clone()));
+    let (a, b) = tokio::join!(lock_both(1, 2), lock_both(2, 1));
     let errors: Vec<sqlx::Error> = [a, b].into_iter().filter_map(Result::err).collect();
     assert_eq!(errors.len(), 1, "one of the two is ended");
     assert!(is_deadlock(&errors[0]), "{}", errors[0]);
@@ -747,11 +759,9 @@ async fn postgres_a_deadlock_is_told_from_other_errors() {
 /// out and been taken again is logged but moves nothing.
 #[tokio::test]
 async fn postgres_migration_7_keeps_the_queue() {
-    if crate::db::postgres_server().is_none() {
-        crate::db::skip_notice("store::postgres_migration_7_keeps_the_queue");
+    let Some(db) = postgres_database("store::postgres_migration_7_keeps_the_queue").await else {
         return;
-    }
-    let db = TestDb::new(Backend::Postgres).await.expect("a database");
+    };
     let earlier = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir("migrations/postgres").unwrap() {
         let path = entry.unwrap().path();
