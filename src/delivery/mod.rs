@@ -467,8 +467,19 @@ async fn record_loop(
                     tracing::warn!(%error, tries, "recording attempts failed; trying again");
                     tokio::time::sleep(Duration::from_millis(100 * tries)).await;
                 }
+                Err(error) if results.len() > 1 => {
+                    // One result the store refuses must not keep the others unrecorded (and their receivers
+                    // sent the same webhooks again): each is written on its own.
+                    tracing::warn!(%error, count = results.len(), "recording attempts failed; recording them one by one");
+                    for result in results.iter() {
+                        if let Err(error) = store.record_attempts(Arc::new([result.clone()])).await {
+                            tracing::error!(%error, delivery.id = %result.delivery_id, "recording an attempt failed; its lease will expire");
+                        }
+                    }
+                    break;
+                }
                 Err(error) => {
-                    tracing::error!(%error, count = results.len(), "recording attempts failed; their leases will expire");
+                    tracing::error!(%error, delivery.id = %results[0].delivery_id, "recording an attempt failed; its lease will expire");
                     break;
                 }
             }

@@ -219,8 +219,15 @@ impl Sender {
                 Some(Err(_)) | None => break,
             }
         }
-        Ok((status, String::from_utf8_lossy(&kept).into_owned()))
+        Ok((status, logged_text(&kept)))
     }
+}
+
+/// A reply body as the attempt log keeps it: text, with bytes that are not UTF-8 and NUL characters (which a
+/// PostgreSQL `text` column refuses) shown as U+FFFD.
+fn logged_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text.into_owned() }
 }
 
 /// Names a transport error by walking its causes.
@@ -249,6 +256,13 @@ mod tests {
 
     fn claim(url: String, secret: &str) -> Claim {
         Claim::for_test("ep_1", &url, vec![SecretString::from(secret.to_owned())])
+    }
+
+    #[test]
+    fn reply_bodies_are_logged_as_text_without_nul() {
+        assert_eq!(logged_text(b"ok"), "ok");
+        assert_eq!(logged_text(b"O\0K\0"), "O\u{FFFD}K\u{FFFD}");
+        assert_eq!(logged_text(b"a\xffb"), "a\u{FFFD}b");
     }
 
     /// A secret that does not decode (only a damaged store has one) fails the attempt before anything is sent.

@@ -71,8 +71,9 @@ pub async fn get_delivery(
 
 /// Retry a delivery now
 ///
-/// Makes one attempt as soon as a worker is free, whatever the status. If it fails, a delivery with scheduled
-/// retries left goes on with them; one that had used them up is `undeliverable` again. No request body.
+/// Makes one attempt as soon as a worker is free, whatever the status. If it fails, a delivery that had
+/// `succeeded` or was `undeliverable` is so again, and one waiting for a scheduled retry goes on with its
+/// schedule. No request body.
 #[utoipa::path(
     post,
     path = "/v1/deliveries/{id}/retry",

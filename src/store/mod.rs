@@ -326,6 +326,11 @@ pub struct AttemptResult {
     pub next: Next,
 }
 
+/// What a manual retry keeps in `settled` as it makes a delivery pending: the status it had settled at
+/// (succeeded or undeliverable), to go back to if the manual attempt fails; a delivery already pending keeps
+/// what it had kept. A result under the lease then goes back to it on failure, or clears it either way.
+pub(crate) const KEEP_SETTLED: &str = "CASE WHEN status = 'pending' THEN settled ELSE status END";
+
 /// Where a delivery goes after an attempt, as stored: its status and when it is next due (if ever).
 pub(crate) fn next_columns(next: Next) -> (&'static str, Option<Millis>) {
     match next {

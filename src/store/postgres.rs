@@ -24,8 +24,8 @@ use super::rows::{
 };
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, EndpointChanges, EndpointRecord, EventRecord,
-    Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, SharedBodies, Store, StoreError, Trigger,
-    next_columns, signing_secrets, stored_interview,
+    Fanout, InterviewUpdate, KEEP_SETTLED, NewEndpoint, Page, PageRequest, Result, SharedBodies, Store, StoreError,
+    Trigger, next_columns, signing_secrets, stored_interview,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -576,7 +576,9 @@ impl PostgresStore {
         // delivery out of the queue, to be queued anew at its next attempt if it has one (a row written anew
         // costs what moving it in the due index would: a new version and two index entries, and this way the
         // rows are locked by one statement in the order given). A result under a lease that ran out and was
-        // taken again, or was ended by a manual retry, leaves the queue as it is.
+        // taken again, or was ended by a manual retry, leaves the queue as it is. A failed attempt of a delivery
+        // that had settled before a manual retry is not queued again: the second statement puts the delivery
+        // back to its settled status (see [`KEEP_SETTLED`]).
         let owned: Vec<String> = sqlx::query_scalar(
             "WITH r AS ( \
                SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(delivery_id, lease_token, next_at) \
@@ -586,7 +588,8 @@ impl PostgresStore {
                RETURNING q.delivery_id, q.endpoint_id, r.next_at \
              ), again AS ( \
                INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at) \
-               SELECT delivery_id, endpoint_id, next_at FROM owned WHERE next_at IS NOT NULL \
+               SELECT o.delivery_id, o.endpoint_id, o.next_at FROM owned o WHERE o.next_at IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = o.delivery_id AND d.settled IS NOT NULL) \
              ) \
              SELECT delivery_id FROM owned",
         )
@@ -608,8 +611,13 @@ impl PostgresStore {
              ), updated AS ( \
                UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
                  scheduled_count = d.scheduled_count + CASE WHEN r.owned THEN r.scheduled ELSE 0 END, \
-                 status = CASE WHEN r.owned THEN r.status ELSE d.status END, \
-                 next_attempt_at = CASE WHEN r.owned THEN r.next_at ELSE d.next_attempt_at END \
+                 status = CASE WHEN r.owned THEN \
+                     CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN d.settled ELSE r.status END \
+                   WHEN r.status = 'succeeded' AND d.status = 'undeliverable' THEN r.status ELSE d.status END, \
+                 next_attempt_at = CASE WHEN r.owned THEN \
+                     CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN NULL ELSE r.next_at END \
+                   ELSE d.next_attempt_at END, \
+                 settled = CASE WHEN r.owned THEN NULL WHEN r.status = 'succeeded' THEN r.status ELSE d.settled END \
                FROM r WHERE d.id = r.delivery_id \
                RETURNING d.id, d.attempt_count, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
                          r.response_body \
@@ -864,7 +872,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         let sql = format!(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, updated_at = $1 \
+            "UPDATE deliveries SET status = 'pending', settled = {KEEP_SETTLED}, next_attempt_at = $1, updated_at = $1 \
              WHERE org_id = $2 AND id = $3 RETURNING {DELIVERY_COLUMNS}"
         );
         let row: Option<DeliveryRow> =

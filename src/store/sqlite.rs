@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 use super::handoff::{Handed, Handoff, Reservation};
 use super::{
     AttemptRecord, AttemptResult, Claim, DeliveryFilter, DeliveryRecord, DeliveryStatus, EndpointChanges,
-    EndpointRecord, EventRecord, Fanout, InterviewUpdate, NewEndpoint, Page, PageRequest, Result, SharedBodies, Store,
-    StoreError, Trigger, next_columns, signing_secrets, stored_interview,
+    EndpointRecord, EventRecord, Fanout, InterviewUpdate, KEEP_SETTLED, NewEndpoint, Page, PageRequest, Result,
+    SharedBodies, Store, StoreError, Trigger, next_columns, signing_secrets, stored_interview,
 };
 use crate::domain::ids;
 use crate::domain::interview::{self, Interview, InterviewPatch};
@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_lease_column.sql")),
     (3, include_str!("../../migrations/sqlite/0003_hot_path_without_foreign_keys.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_settled_status_kept.sql")),
 ];
 
 /// Most writes committed in one transaction.
@@ -176,12 +177,23 @@ impl Hot {
                  error, response_body) SELECT id, attempt_count + 1, ?1, ?2, ?3, ?4, ?5, ?6 FROM deliveries \
                  WHERE seq = ?7 AND id = ?8"
             }
+            // The advance: a result under the delivery's lease sets what the retry policy decided, except that a
+            // failed attempt of a delivery that had settled before a manual retry goes back to its settled
+            // status (see [`KEEP_SETTLED`]); a success under a lost lease is kept in `settled`, so a failure
+            // under the live one does not undo it, and ends an `undeliverable` status.
             Hot::AdvanceDelivery => {
                 "UPDATE OR FAIL deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
                    scheduled_count = scheduled_count + CASE WHEN lease_token = ?2 THEN ?3 ELSE 0 END, \
-                   status = CASE WHEN lease_token = ?2 THEN ?4 ELSE status END, \
-                   next_attempt_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE next_attempt_at END, \
-                   run_at = CASE WHEN lease_token = ?2 THEN ?5 ELSE run_at END, \
+                   status = CASE WHEN lease_token = ?2 THEN \
+                       CASE WHEN ?4 <> 'succeeded' AND settled IS NOT NULL THEN settled ELSE ?4 END \
+                     WHEN ?4 = 'succeeded' AND status = 'undeliverable' THEN ?4 ELSE status END, \
+                   next_attempt_at = CASE WHEN lease_token = ?2 THEN \
+                       CASE WHEN ?4 <> 'succeeded' AND settled IS NOT NULL THEN NULL ELSE ?5 END \
+                     ELSE next_attempt_at END, \
+                   run_at = CASE WHEN lease_token = ?2 THEN \
+                       CASE WHEN ?4 <> 'succeeded' AND settled IS NOT NULL THEN NULL ELSE ?5 END \
+                     ELSE run_at END, \
+                   settled = CASE WHEN lease_token = ?2 THEN NULL WHEN ?4 = 'succeeded' THEN ?4 ELSE settled END, \
                    lease_until = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_until END, \
                    manual = CASE WHEN lease_token = ?2 THEN 0 ELSE manual END, \
                    lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
@@ -259,9 +271,17 @@ fn result_rows(n: usize) -> (String, String) {
     let advance = format!(
         "UPDATE OR FAIL deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
            scheduled_count = scheduled_count + CASE WHEN lease_token = v.column1 THEN v.column2 ELSE 0 END, \
-           status = CASE WHEN lease_token = v.column1 THEN v.column3 ELSE status END, \
-           next_attempt_at = CASE WHEN lease_token = v.column1 THEN v.column4 ELSE next_attempt_at END, \
-           run_at = CASE WHEN lease_token = v.column1 THEN v.column4 ELSE run_at END, \
+           status = CASE WHEN lease_token = v.column1 THEN \
+               CASE WHEN v.column3 <> 'succeeded' AND settled IS NOT NULL THEN settled ELSE v.column3 END \
+             WHEN v.column3 = 'succeeded' AND status = 'undeliverable' THEN v.column3 ELSE status END, \
+           next_attempt_at = CASE WHEN lease_token = v.column1 THEN \
+               CASE WHEN v.column3 <> 'succeeded' AND settled IS NOT NULL THEN NULL ELSE v.column4 END \
+             ELSE next_attempt_at END, \
+           run_at = CASE WHEN lease_token = v.column1 THEN \
+               CASE WHEN v.column3 <> 'succeeded' AND settled IS NOT NULL THEN NULL ELSE v.column4 END \
+             ELSE run_at END, \
+           settled = CASE WHEN lease_token = v.column1 THEN NULL WHEN v.column3 = 'succeeded' THEN v.column3 \
+             ELSE settled END, \
            lease_until = CASE WHEN lease_token = v.column1 THEN NULL ELSE lease_until END, \
            manual = CASE WHEN lease_token = v.column1 THEN 0 ELSE manual END, \
            lease_token = CASE WHEN lease_token = v.column1 THEN NULL ELSE lease_token END \
@@ -1141,8 +1161,9 @@ impl Store for SqliteStore {
         let (org, id) = (org.to_owned(), id.to_owned());
         self.write(move |c| {
             let sql = format!(
-                "UPDATE deliveries SET status = 'pending', manual = 1, run_at = ?1, next_attempt_at = ?1, lease_until = NULL, \
-                 lease_token = NULL, updated_at = ?1 WHERE org_id = ?2 AND id = ?3 RETURNING {DELIVERY_COLUMNS}"
+                "UPDATE deliveries SET status = 'pending', settled = {KEEP_SETTLED}, manual = 1, run_at = ?1, \
+                 next_attempt_at = ?1, lease_until = NULL, lease_token = NULL, updated_at = ?1 \
+                 WHERE org_id = ?2 AND id = ?3 RETURNING {DELIVERY_COLUMNS}"
             );
             Ok(c.prepare_cached(&sql)?.query_row(params![now_ms(), org, id], delivery).optional()?)
         })

@@ -479,6 +479,8 @@ pub enum Reply {
     Slow(Duration, u16),
     /// 302 with this `Location`.
     Redirect(String),
+    /// This status with these body bytes.
+    Bytes(u16, &'static [u8]),
 }
 
 /// One request the receiver got.
@@ -619,6 +621,7 @@ async fn receive(
             response.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).unwrap());
             response
         }
+        Reply::Bytes(code, body) => (StatusCode::from_u16(code).expect("valid status"), body).into_response(),
     };
     state.answered.fetch_add(1, Ordering::SeqCst);
     response

@@ -176,6 +176,19 @@ on_both_stores! {
         assert_eq!(receiver.count(), 2, "no attempt after success");
     }
 
+    /// A reply body is logged as text: bytes that are not UTF-8, and NUL characters (which PostgreSQL's text
+    /// refuses, and which once failed the whole batch of results they were written with), become U+FFFD.
+    async fn a_reply_body_with_nul_and_binary_bytes_is_logged_as_text() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::start(Reply::Bytes(200, b"O\0K\0\xff")).await;
+        let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_nul").await;
+        let delivery = app.a.wait_delivery_status(&delivery_id, "succeeded").await;
+        let logged = attempts(&delivery);
+        assert_eq!(logged.len(), 1, "{delivery:#}");
+        assert_eq!(logged[0]["response_body"], "O\u{FFFD}K\u{FFFD}\u{FFFD}");
+        assert_eq!(receiver.count(), 1, "acknowledged once, sent once");
+    }
+
     async fn manual_retry_of_an_undeliverable_delivery_succeeds() {
         let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(30)]).await;
         let receiver = Receiver::start(Reply::Status(500)).await;
@@ -221,6 +234,29 @@ on_both_stores! {
         receiver.wait_for(2).await;
         tokio::time::sleep(ms(200)).await;
         assert_eq!(receiver.count(), 2, "exactly one more attempt");
+    }
+
+    /// A manual retry of an acknowledged delivery that fails is one logged attempt: the delivery stays
+    /// `succeeded`, and its retry schedule does not start over.
+    async fn a_failed_manual_retry_of_a_succeeded_delivery_sends_nothing_more() {
+        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(30), ms(30), ms(30)]).await;
+        let receiver = Receiver::ok().await;
+        let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_resend").await;
+        app.a.wait_delivery_status(&delivery_id, "succeeded").await;
+
+        receiver.set_reply(Reply::Status(500));
+        let (status, answer) = app.a.post_empty(&format!("/v1/deliveries/{delivery_id}/retry")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        let delivery = app.a.wait_delivery(&delivery_id, "the manual attempt", |d| d["attempt_count"] == 2).await;
+        assert_eq!(delivery["status"], "succeeded", "{delivery:#}");
+        assert!(delivery["next_attempt_at"].is_null(), "no retry scheduled: {delivery}");
+        let manual: Vec<&Value> = attempts(&delivery).iter().filter(|a| a["trigger"] == "manual").collect();
+        assert_eq!(manual.len(), 1);
+        assert_eq!(manual[0]["status_code"], 500);
+        // Well past the whole schedule: nothing more was sent.
+        tokio::time::sleep(ms(400)).await;
+        assert_eq!(receiver.count(), 2, "the first attempt and the manual one");
+        assert_eq!(app.a.delivery(&delivery_id).await["attempt_count"], 2);
     }
 
     /// With polling as good as off, work still starts at once: deliveries the handoff had no room for (also

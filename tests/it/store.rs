@@ -201,6 +201,81 @@ on_both_stores! {
         assert_eq!(claims.iter().map(|c| c.endpoint_id.clone()).collect::<Vec<_>>(), vec![enabled]);
     }
 
+    /// A manual attempt that fails puts a delivery that had settled back to its status, whatever the policy
+    /// would schedule; one waiting for a scheduled retry goes on with the schedule. A success under a lease lost
+    /// meanwhile holds against a later failure, and ends an `undeliverable` status.
+    async fn a_failed_manual_attempt_leaves_a_settled_delivery_as_it_was() {
+        let f = fixture().await;
+        f.endpoint(true).await;
+        let retry_later = Next::RetryAt(NOW + 5_000);
+        let status = |id: String| {
+            let store = f.store.clone();
+            let org = f.org.clone();
+            async move {
+                let (delivery, _) = store.get_delivery(&org, &id).await.unwrap().unwrap();
+                (delivery.status, delivery.next_attempt_at, delivery.attempt_count)
+            }
+        };
+        let manual_claim = || f.store.claim_due(NOW, NOW + 1_000, 10, &[]);
+        // Each case starts from a claim of its own event's delivery, settled by `first`.
+        let f = &f;
+        let settled = |first: Next| async move {
+            f.events(1).await;
+            let claim = f.store.claim_due(NOW, NOW + 1_000, 10, &[]).await.unwrap().remove(0);
+            f.store.record_attempts(Arc::from([result(&claim, first)])).await.unwrap();
+            claim.delivery_id
+        };
+
+        for (first, expected) in [
+            (Next::Succeeded, DeliveryStatus::Succeeded),
+            (Next::Undeliverable, DeliveryStatus::Undeliverable),
+        ] {
+            let id = settled(first).await;
+            f.store.request_retry(&f.org, &id).await.unwrap().unwrap();
+            let manual = manual_claim().await.unwrap().remove(0);
+            assert_eq!((manual.trigger, manual.delivery_id.as_str()), (Trigger::Manual, id.as_str()));
+            f.store.record_attempts(Arc::from([result(&manual, retry_later)])).await.unwrap();
+            assert_eq!(status(id).await, (expected, None, 2), "back to {expected:?}");
+            assert_eq!(f.store.next_due_after(NOW).await.unwrap(), None, "nothing queued");
+        }
+
+        // Waiting for a scheduled retry: the failed manual attempt leaves the schedule to go on.
+        let id = settled(retry_later).await;
+        f.store.request_retry(&f.org, &id).await.unwrap().unwrap();
+        let manual = manual_claim().await.unwrap().remove(0);
+        f.store.record_attempts(Arc::from([result(&manual, Next::RetryAt(NOW + 7_000))])).await.unwrap();
+        assert_eq!(status(id.clone()).await, (DeliveryStatus::Pending, Some(NOW + 7_000), 2));
+        // Settled now: the next attempt succeeds, and a later manual failure goes back to that.
+        let scheduled = f.store.claim_due(NOW + 7_000, NOW + 8_000, 10, &[]).await.unwrap().remove(0);
+        assert_eq!(scheduled.trigger, Trigger::Scheduled);
+        f.store.record_attempts(Arc::from([result(&scheduled, Next::Succeeded)])).await.unwrap();
+        f.store.request_retry(&f.org, &id).await.unwrap().unwrap();
+        let manual = manual_claim().await.unwrap().remove(0);
+        f.store.record_attempts(Arc::from([result(&manual, retry_later)])).await.unwrap();
+        assert_eq!(status(id).await, (DeliveryStatus::Succeeded, None, 4));
+
+        // An attempt in flight when a manual retry ends its lease succeeds; the manual attempt then fails.
+        f.events(1).await;
+        let in_flight = f.store.claim_due(NOW, NOW + 1_000, 10, &[]).await.unwrap().remove(0);
+        let id = in_flight.delivery_id.clone();
+        f.store.request_retry(&f.org, &id).await.unwrap().unwrap();
+        f.store.record_attempts(Arc::from([result(&in_flight, Next::Succeeded)])).await.unwrap();
+        assert_eq!(status(id.clone()).await.0, DeliveryStatus::Pending, "the manual attempt is still owed");
+        let manual = manual_claim().await.unwrap().remove(0);
+        f.store.record_attempts(Arc::from([result(&manual, retry_later)])).await.unwrap();
+        assert_eq!(status(id).await, (DeliveryStatus::Succeeded, None, 2), "acknowledged once, so succeeded");
+        assert_eq!(f.store.next_due_after(NOW).await.unwrap(), None);
+
+        // A lease that ran out: the attempt under the next one uses the schedule up, then the first succeeds.
+        f.events(1).await;
+        let slow = f.store.claim_due(NOW, NOW + 1_000, 10, &[]).await.unwrap().remove(0);
+        let last = f.store.claim_due(NOW + 1_000, NOW + 2_000, 10, &[]).await.unwrap().remove(0);
+        assert_eq!(last.delivery_id, slow.delivery_id);
+        f.store.record_attempts(Arc::from([result(&last, Next::Undeliverable)])).await.unwrap();
+        f.store.record_attempts(Arc::from([result(&slow, Next::Succeeded)])).await.unwrap();
+        assert_eq!(status(slow.delivery_id.clone()).await, (DeliveryStatus::Succeeded, None, 2));
+    }
+
     /// Deleting an endpoint takes its deliveries and their attempts with it, and only those; a late result for
     /// one is dropped without an error.
     async fn deleting_an_endpoint_drops_its_queue() {
