@@ -53,7 +53,7 @@ enum OrgCommand {
 #[derive(Args)]
 struct DatabaseArg {
     /// SQLite file path (or `sqlite:` URL), or a `postgres://` URL.
-    #[arg(long, env = "TIDINGS_DATABASE", default_value = "tidings.db")]
+    #[arg(long, env = "TIDINGS_DATABASE", default_value = "tidings.db", hide_env_values = true)]
     database: String,
 }
 
@@ -158,7 +158,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => serve(args.into_config(true)).await,
         Command::Migrate(args) => {
             crate::store::open(&args.database).await?;
-            println!("database {} is up to date", args.database);
+            println!("database {} is up to date", crate::store::shown_database(&args.database));
             Ok(())
         }
         Command::Org { command: OrgCommand::Create { name, database } } => {

@@ -34,6 +34,10 @@ impl EndpointUrl {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(invalid("must not contain a user name or password"));
         }
+        // A URL may hold characters an HTTP request line cannot (`{` in a host name): every attempt would fail.
+        if url.as_str().parse::<axum::http::Uri>().is_err() {
+            return Err(invalid("has characters an HTTP request cannot carry"));
+        }
         let blocked = match url.host() {
             None => return Err(invalid("must have a host")),
             Some(Host::Ipv4(ip)) => is_private_target(IpAddr::V4(ip)),
@@ -66,13 +70,14 @@ pub fn literal_ip(host: &str) -> Option<IpAddr> {
 }
 
 /// Whether delivering to `ip` could reach the operator's own network rather than a customer's server:
-/// loopback, private, link-local, shared (CGNAT), unspecified, broadcast, multicast and the IPv6
-/// equivalents, including IPv4 addresses written as IPv6.
+/// loopback, private, link-local, shared (CGNAT), benchmarking, reserved, unspecified, broadcast, multicast
+/// and the IPv6 equivalents, including IPv6 addresses that carry an IPv4 one a gateway or the host would reach
+/// (IPv4-mapped and -compatible, NAT64's `64:ff9b::/96` and 6to4's `2002::/16`).
 pub fn is_private_target(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_private_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return is_private_v4(v4);
             }
             let first = v6.segments()[0];
@@ -86,8 +91,23 @@ pub fn is_private_target(ip: IpAddr) -> bool {
     }
 }
 
+/// The IPv4 address an IPv6 one carries: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,
+/// NAT64 `64:ff9b::a.b.c.d` and 6to4 `2002:AABB:CCDD::/48`.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let low = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(low),
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses, not IPv4 ones.
+        [0, 0, 0, 0, 0, 0, _, _] if u32::from(low) > 1 => Some(low),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2002, high, low16, ..] => Some(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low16))),
+        _ => None,
+    }
+}
+
 fn is_private_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
@@ -96,6 +116,9 @@ fn is_private_v4(ip: Ipv4Addr) -> bool {
         || ip.is_multicast()
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // shared address space 100.64.0.0/10
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments 192.0.0.0/24
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18.0.0/15
+        || a >= 240 // reserved 240.0.0.0/4
 }
 
 /// Checks a list of event types: not empty, each one known; duplicates are dropped, order kept.
@@ -140,6 +163,8 @@ mod tests {
         assert!(EndpointUrl::parse("ftp://example.com/", false).is_err());
         assert!(EndpointUrl::parse("/relative", false).is_err());
         assert!(EndpointUrl::parse("https://user:pw@example.com/", false).is_err());
+        assert!(EndpointUrl::parse("https://a{b.example.com/", false).is_err(), "no request can carry it");
+        assert!(EndpointUrl::parse("https://example.com/a b?c=d e", false).is_ok(), "written percent-encoded");
         let long = format!("https://example.com/{}", "a".repeat(2100));
         assert!(EndpointUrl::parse(&long, false).is_err());
     }
@@ -167,12 +192,22 @@ mod tests {
             "http://[::ffff:127.0.0.1]/",
             "http://localhost:8080/",
             "http://0.0.0.0/",
+            "http://[::a9fe:a9fe]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[64:ff9b::10.0.0.1]/",
+            "http://[2002:7f00:1::1]/",
+            "http://192.0.0.170/",
+            "http://198.18.0.1/",
+            "http://240.0.0.1/",
         ] {
             assert_eq!(EndpointUrl::parse(url, false).unwrap_err().field, "url", "{url}");
             assert!(EndpointUrl::parse(url, true).is_ok(), "{url}");
         }
         assert!(!is_private_target("93.184.216.34".parse().unwrap()));
         assert!(!is_private_target("2606:2800:220:1::1".parse().unwrap()));
+        for public in ["64:ff9b::5db8:d822", "2002:5db8:d822::1", "::5db8:d822", "198.20.0.1", "192.0.2.1"] {
+            assert!(!is_private_target(public.parse().unwrap()), "{public} carries a public IPv4 address");
+        }
     }
 
     #[test]

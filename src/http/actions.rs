@@ -6,10 +6,25 @@ use crate::domain::ids;
 use crate::domain::interview::{EVENT_TYPE, EXAMPLE_BODY};
 use crate::domain::signing;
 use crate::domain::time::now_ms;
-use crate::store::{AttemptRecord, DeliveryRecord, EndpointRecord, Fanout, StoreError};
+use crate::store::{
+    AttemptRecord, DeliveryFilter, DeliveryRecord, EndpointRecord, Fanout, Page, PageRequest, StoreError,
+};
 
 /// Why a test event is refused, in the words both surfaces show.
 pub const TEST_ON_DISABLED: &str = "the endpoint is disabled; enable it to send a test event";
+
+/// Why a manual retry is refused, in the words both surfaces show.
+pub const RETRY_ON_DISABLED: &str = "the endpoint is disabled; enable it to retry this delivery";
+
+/// What asking for a manual retry did.
+pub enum Retry {
+    /// The delivery, due now.
+    Queued(DeliveryRecord),
+    /// Its endpoint is disabled, so no worker would take it: nothing was changed.
+    Disabled,
+    /// There is no such delivery.
+    Gone,
+}
 
 /// What sending a test event did.
 pub enum TestEvent {
@@ -39,6 +54,22 @@ impl AppState {
     /// Deletes the organization's endpoint with this id; `false` if there is none.
     pub async fn delete_endpoint(&self, org: &str, id: &str) -> Result<bool, StoreError> {
         Ok(ids::has_prefix(id, ids::ENDPOINT) && self.store.delete_endpoint(org, id).await?)
+    }
+
+    /// A page of the organization's deliveries, newest first. A filter by an id that cannot exist (not an
+    /// endpoint's or an event's, as the filter names) matches nothing, without a query: such text may hold
+    /// what a database cannot compare, like a NUL.
+    pub async fn deliveries(
+        &self,
+        org: &str,
+        filter: &DeliveryFilter,
+        page: PageRequest,
+    ) -> Result<Page<DeliveryRecord>, StoreError> {
+        let cannot_exist = |id: &Option<String>, prefix| id.as_deref().is_some_and(|id| !ids::has_prefix(id, prefix));
+        if cannot_exist(&filter.endpoint_id, ids::ENDPOINT) || cannot_exist(&filter.event_id, ids::EVENT) {
+            return Ok(Page { items: Vec::new(), next_cursor: None });
+        }
+        self.store.list_deliveries(org, filter, page).await
     }
 
     /// The organization's delivery with this id, with its attempts.
@@ -74,15 +105,17 @@ impl AppState {
         Ok(deliveries.into_iter().next().map_or(TestEvent::Gone, TestEvent::Sent))
     }
 
-    /// Makes a delivery due now for one manual attempt, whatever its status, and wakes the workers.
-    pub async fn retry_delivery(&self, org: &str, id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
-        if !ids::has_prefix(id, ids::DELIVERY) {
-            return Ok(None);
+    /// Makes a delivery due now for one manual attempt, whatever its status, and wakes the workers; refused
+    /// while its endpoint is disabled (an endpoint disabled right after the check holds the retry until it is
+    /// enabled again, like any delivery of it).
+    pub async fn retry_delivery(&self, org: &str, id: &str) -> Result<Retry, StoreError> {
+        let Some((delivery, _)) = self.delivery(org, id).await? else { return Ok(Retry::Gone) };
+        match self.store.get_endpoint(org, &delivery.endpoint_id).await? {
+            Some(endpoint) if !endpoint.enabled => return Ok(Retry::Disabled),
+            _ => {}
         }
-        let delivery = self.store.request_retry(org, id).await?;
-        if delivery.is_some() {
-            self.wake.notify_one();
-        }
-        Ok(delivery)
+        let Some(delivery) = self.store.request_retry(org, id).await? else { return Ok(Retry::Gone) };
+        self.wake.notify_one();
+        Ok(Retry::Queued(delivery))
     }
 }

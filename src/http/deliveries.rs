@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use super::AppState;
+use super::actions::{RETRY_ON_DISABLED, Retry};
 use super::error::ApiError;
 use super::extract::{DeliveryQuery, List, Org, PathId};
-use super::openapi::{DeliveryFilters, IdErrors, ListErrors, PageParams};
+use super::openapi::{Conflict, DeliveryFilters, IdErrors, ListErrors, PageParams};
 use super::views::{AttemptView, DeliveryList, DeliveryView, ListView};
 use crate::store::{DeliveryFilter, DeliveryStatus};
 
@@ -42,7 +43,7 @@ pub async fn list_deliveries(
         event_id: params.event_id.filter(|s| !s.is_empty()),
         status,
     };
-    let page = state.store.list_deliveries(&org, &filter, page_request).await?;
+    let page = state.deliveries(&org, &filter, page_request).await?;
     Ok(Json(ListView::from_page(&page)))
 }
 
@@ -73,7 +74,7 @@ pub async fn get_delivery(
 ///
 /// Makes one attempt as soon as a worker is free, whatever the status. If it fails, a delivery that had
 /// `succeeded` or was `undeliverable` is so again, and one waiting for a scheduled retry goes on with its
-/// schedule. No request body.
+/// schedule. Refused while the delivery's endpoint is disabled. No request body.
 #[utoipa::path(
     post,
     path = "/v1/deliveries/{id}/retry",
@@ -82,6 +83,7 @@ pub async fn get_delivery(
     params(("id" = String, Path, description = "The delivery's id, `dlv_…`")),
     responses(
         (status = 202, description = "The delivery, due now", body = DeliveryView),
+        (status = 409, response = Conflict),
         IdErrors,
     ),
 )]
@@ -90,6 +92,9 @@ pub async fn retry_delivery(
     Org(org): Org,
     PathId(id): PathId,
 ) -> Result<impl IntoResponse, ApiError> {
-    let delivery = state.retry_delivery(&org, &id).await?.ok_or(ApiError::NotFound("delivery"))?;
-    Ok((StatusCode::ACCEPTED, Json(DeliveryView::from(&delivery))))
+    match state.retry_delivery(&org, &id).await? {
+        Retry::Queued(delivery) => Ok((StatusCode::ACCEPTED, Json(DeliveryView::from(&delivery)))),
+        Retry::Disabled => Err(ApiError::Conflict("endpoint_disabled", RETRY_ON_DISABLED.into())),
+        Retry::Gone => Err(ApiError::NotFound("delivery")),
+    }
 }

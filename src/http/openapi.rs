@@ -163,7 +163,7 @@ error_responses! {
     NotFound: "Nothing with that id in your organization (another organization's ids answer this too), or a path \
         that cannot be decoded.",
         ApiError::NotFound("endpoint");
-    Conflict: "The endpoint is disabled; enable it to send a test event.",
+    Conflict: "The endpoint is disabled; enable it to send a test event or retry one of its deliveries.",
         ApiError::Conflict("endpoint_disabled", TEST_ON_DISABLED.into());
     // The example shows the default limit; the service answers with its own.
     TooLarge: "The body is larger than the service's `--max-body-bytes`.",

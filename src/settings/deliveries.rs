@@ -14,6 +14,7 @@ use super::views::{AttemptRow, Choice, DeliveriesPage, DeliveryPage, DeliveryRow
 use super::{SettingsError, render, see_other};
 use crate::domain::time::now_ms;
 use crate::http::AppState;
+use crate::http::actions::Retry;
 use crate::http::extract::MAX_LIMIT;
 use crate::store::{AttemptRecord, DeliveryFilter, DeliveryStatus, EndpointRecord, PageRequest, Trigger};
 
@@ -69,8 +70,7 @@ pub async fn list_deliveries(
         (Vec::new(), None)
     } else {
         let filter = DeliveryFilter { endpoint_id: endpoint_id.clone(), event_id: None, status };
-        let page =
-            state.store.list_deliveries(&signed_in.org, &filter, PageRequest { limit: PAGE_SIZE, before }).await?;
+        let page = state.deliveries(&signed_in.org, &filter, PageRequest { limit: PAGE_SIZE, before }).await?;
         (page.items, page.next_cursor)
     };
     // Each row names its event's type: one query for the page.
@@ -172,6 +172,7 @@ pub async fn show_delivery(
     layout.notice = match query.done.as_deref() {
         Some("test-sent") => Some("Test event sent to this webhook."),
         Some("retried") => Some("Retry asked for: one more attempt is being made now."),
+        Some("retry-disabled") => Some("Not retried: the webhook is disabled. Enable it to retry this delivery."),
         _ => None,
     };
     let page = DeliveryPage {
@@ -209,8 +210,12 @@ pub async fn retry_delivery(
     Path(id): Path<String>,
     _form: Form,
 ) -> Result<Response, SettingsError> {
-    state.retry_delivery(&signed_in.org, &id).await?.ok_or(SettingsError::NotFound("delivery"))?;
-    Ok(see_other(format!("/settings/deliveries/{id}?done=retried")))
+    let done = match state.retry_delivery(&signed_in.org, &id).await? {
+        Retry::Queued(_) => "retried",
+        Retry::Disabled => "retry-disabled",
+        Retry::Gone => return Err(SettingsError::NotFound("delivery")),
+    };
+    Ok(see_other(format!("/settings/deliveries/{id}?done={done}")))
 }
 
 #[cfg(test)]

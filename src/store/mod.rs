@@ -64,6 +64,23 @@ pub fn is_postgres(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
+/// A database as it may be shown (printed, logged): a URL's password is replaced by `***`, and a URL that does
+/// not parse is not shown at all, since where its password ends is unknown.
+pub fn shown_database(database: &str) -> String {
+    if !is_postgres(database) {
+        return database.to_owned();
+    }
+    match url::Url::parse(database) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.into()
+        }
+        Err(_) => "(a PostgreSQL URL that does not parse)".to_owned(),
+    }
+}
+
 /// A page of a newest-first list.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest {

@@ -41,6 +41,36 @@ async fn serve_reads_its_settings_from_the_environment() {
     assert_eq!(receiver.count(), 2);
 }
 
+/// A database password given to the binary is not printed: `migrate` shows the URL with `***` for it, and
+/// `--help` does not show `TIDINGS_DATABASE`'s value.
+#[tokio::test]
+async fn the_database_password_is_not_printed() {
+    const PASSWORD: &str = "S3cretPW";
+    let help = std::process::Command::new(crate::process::BIN)
+        .args(["serve", "--help"])
+        .env("TIDINGS_DATABASE", format!("postgres://app:{PASSWORD}@db.internal/tidings"))
+        .output()
+        .expect("run tidings serve --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("TIDINGS_DATABASE"), "{help}");
+    assert!(!help.contains(PASSWORD), "--help shows the password: {help}");
+
+    let Some(db) = crate::db::TestDb::new(crate::db::Backend::Postgres).await else {
+        return crate::db::skip_notice("the_database_password_is_not_printed");
+    };
+    // The local server trusts every connection, so any password is accepted.
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_password(Some(PASSWORD)).unwrap();
+    let migrate = std::process::Command::new(crate::process::BIN)
+        .args(["migrate", "--database", url.as_str()])
+        .output()
+        .expect("run tidings migrate");
+    let (stdout, stderr) = (String::from_utf8_lossy(&migrate.stdout), String::from_utf8_lossy(&migrate.stderr));
+    assert!(migrate.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(":***@") && stdout.contains("is up to date"), "{stdout}");
+    assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD), "{stdout}{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_the_middle_of_deliveries_loses_no_event() {
     const CANDIDATES: usize = 300;

@@ -530,6 +530,12 @@ on_both_stores! {
         let (status, body) = app.a.get("/v1/deliveries?endpoint_id=ep_000000000000000000000000").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["data"], json!([]), "the filter is applied: {body}");
+        // An id filter that cannot name a row matches none, whatever it holds (PostgreSQL cannot compare a NUL).
+        for filter in ["endpoint_id=%00", "event_id=ev%00t", "endpoint_id=nope", &format!("event_id={ep_id}")] {
+            let (status, body) = app.a.get(&format!("/v1/deliveries?{filter}")).await;
+            assert_eq!(status, StatusCode::OK, "{filter}: {body}");
+            assert_eq!(body["data"], json!([]), "{filter}: {body}");
+        }
         let (status, body) = app.a.get("/v1/deliveries?status=bogus").await;
         assert_422(status, &body, "status", "an unknown delivery status");
         let (status, body) = app.a.get("/v1/events?limit=0").await;

@@ -259,6 +259,24 @@ on_both_stores! {
         assert_eq!(app.a.delivery(&delivery_id).await["attempt_count"], 2);
     }
 
+    /// A manual retry of a delivery whose endpoint is disabled would wait for no worker: it is refused with 409
+    /// and changes nothing.
+    async fn a_manual_retry_on_a_disabled_endpoint_is_refused() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        let (_, delivery_id) = one_delivery(&app, &receiver.url(), "cand_disabled").await;
+        let delivery = app.a.wait_delivery_status(&delivery_id, "succeeded").await;
+        let endpoint_id = delivery["endpoint_id"].as_str().unwrap();
+        let (status, _) = app.a.patch(&format!("/v1/endpoints/{endpoint_id}"), json!({ "enabled": false })).await;
+        assert_eq!(status, StatusCode::OK);
+
+        let (status, answer) = app.a.post_empty(&format!("/v1/deliveries/{delivery_id}/retry")).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert_eq!(assert_error_envelope(&answer)["code"], "endpoint_disabled");
+        let after = app.a.delivery(&delivery_id).await;
+        assert_eq!((&after["status"], &after["attempt_count"]), (&json!("succeeded"), &json!(1)));
+    }
+
     /// With polling as good as off, work still starts at once: deliveries the handoff had no room for (also
     /// when their endpoint's bound holds them back), a scheduled retry, and a manual retry each wake the
     /// workers themselves.

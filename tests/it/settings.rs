@@ -739,6 +739,14 @@ on_both_stores! {
         assert_eq!(page.body.matches(r#"<tr class="attempt">"#).count(), 3);
         assert_eq!(receiver.count(), 3);
 
+        // With the webhook disabled, "Retry now" says why nothing is done.
+        let (status, _) = app.a.patch(&format!("/v1/endpoints/{ep}"), json!({ "enabled": false })).await;
+        assert_eq!(status, StatusCode::OK);
+        let refused = visitor.submit(&page, &format!("{path}/retry"), &[]).await;
+        assert_eq!(refused.redirects_to(&path), format!("{path}?done=retry-disabled"));
+        visitor.get(&format!("{path}?done=retry-disabled")).await.expect(StatusCode::OK).shows("the webhook is disabled");
+        assert_eq!(app.a.delivery(&dlv).await["status"], "succeeded", "not made pending");
+
         visitor.get("/settings/deliveries/dlv_nothex").await.expect(StatusCode::NOT_FOUND);
         visitor.get("/settings/deliveries/dlv_000000000000000000000000").await.expect(StatusCode::NOT_FOUND);
     }
