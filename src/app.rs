@@ -2,6 +2,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -56,26 +63,68 @@ pub async fn run(
     };
 
     let api = config.api;
+    let client_timeout = config.client_timeout;
     let state = AppState { store, config: Arc::new(config), wake, metrics, keys: Arc::default() };
     let app = router(state, api);
     tracing::info!(address = %listener.local_addr()?, api, workers = workers.is_some(), "tidings is listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown({
-            let stop = stop.clone();
-            async move {
-                tokio::select! {
-                    _ = shutdown => {},
-                    _ = stop.cancelled() => {},
-                }
+    serve(listener, app, client_timeout, {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {},
+                _ = stop.cancelled() => {},
             }
-        })
-        .await;
+        }
+    })
+    .await;
     stop.cancel();
     if let Some(workers) = workers {
         workers.await?;
     }
-    served?;
     Ok(())
+}
+
+/// How long requests in progress at shutdown have to finish before their connections are closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then lets requests in progress finish (for up to
+/// [`DRAIN_TIMEOUT`]) and closes every connection. A client has `client_timeout` to send each request's head;
+/// a kept-alive connection waiting that long for its next request is closed.
+async fn serve(listener: TcpListener, app: Router, client_timeout: Duration, shutdown: impl Future<Output = ()>) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(client_timeout);
+    let graceful = GracefulShutdown::new();
+    // Ends the connections that outlive the drain.
+    let closed = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: wait for some to close rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())));
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection => {},
+                () = closed.cancelled() => {},
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in progress {DRAIN_TIMEOUT:?} after shutdown began; closing their connections");
+    }
+    closed.cancel();
 }
 
 /// An organization just made, with its first API key (shown this once; only its hash is stored).

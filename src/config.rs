@@ -20,6 +20,7 @@ pub mod defaults {
     pub const ENDPOINT_CONCURRENCY: usize = 64;
     pub const SECRET_GRACE: &str = "24h";
     pub const POLL_INTERVAL: &str = "1s";
+    pub const CLIENT_TIMEOUT: &str = "30s";
 }
 
 /// Everything `tidings serve` (and the tests) can tune. Built by the CLI from flags and `TIDINGS_*`
@@ -58,6 +59,9 @@ pub struct ServeConfig {
     /// Signs Developer Settings sessions. Set the same value on every API process (and keep it across
     /// restarts) so a session is good everywhere; unset, each process makes its own key at start.
     pub session_key: Option<SecretString>,
+    /// How long a client of the API may take to send a request's head (a kept-alive connection waiting for
+    /// its next request is closed after this long), and then its body.
+    pub client_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -78,6 +82,7 @@ impl ServeConfig {
             secret_grace: parse_duration(defaults::SECRET_GRACE).expect("the default grace parses"),
             poll_interval: parse_duration(defaults::POLL_INTERVAL).expect("the default interval parses"),
             session_key: None,
+            client_timeout: parse_duration(defaults::CLIENT_TIMEOUT).expect("the default timeout parses"),
         }
     }
 
@@ -100,6 +105,12 @@ impl ServeConfig {
         }
         if self.poll_interval.is_zero() {
             return Err("--poll-interval must be greater than zero".into());
+        }
+        if self.client_timeout.is_zero() {
+            return Err("--client-timeout must be greater than zero".into());
+        }
+        if self.retry_schedule.windows(2).any(|pair| pair[1] < pair[0]) {
+            return Err("--retry-schedule must not shorten: each delay at least the one before it".into());
         }
         if self.session_key.as_ref().is_some_and(|k| k.expose_secret().len() < 32) {
             return Err("--session-key must be at least 32 characters".into());
@@ -172,5 +183,17 @@ mod tests {
         assert!(config.validate().is_ok());
         assert_eq!(config.retry_schedule.len(), 3);
         assert!(config.retry_schedule.windows(2).all(|w| w[1] > w[0]));
+    }
+
+    #[test]
+    fn a_schedule_may_not_shorten() {
+        let mut config = ServeConfig::new("tidings.db");
+        config.retry_schedule = parse_schedule("1s,1s,2s").unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        config.retry_schedule = parse_schedule("5m,30s").unwrap();
+        assert!(config.validate().unwrap_err().contains("--retry-schedule"));
+        config.retry_schedule = Vec::new();
+        config.client_timeout = Duration::ZERO;
+        assert!(config.validate().unwrap_err().contains("--client-timeout"));
     }
 }

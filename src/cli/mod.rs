@@ -97,6 +97,10 @@ struct ServeArgs {
     /// Secret (32+ characters) that signs Developer Settings sessions; the same on every API process.
     #[arg(long, env = "TIDINGS_SESSION_KEY", hide_env_values = true)]
     session_key: Option<String>,
+    /// How long an API client may take to send a request's head (and an idle kept-alive connection may wait
+    /// for its next one), and then its body.
+    #[arg(long, env = "TIDINGS_CLIENT_TIMEOUT", default_value = defaults::CLIENT_TIMEOUT, value_parser = parse_duration)]
+    client_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -116,6 +120,7 @@ impl ServeArgs {
             secret_grace: self.secret_grace,
             poll_interval: self.poll_interval,
             session_key: self.session_key.map(secrecy::SecretString::from),
+            client_timeout: self.client_timeout,
         }
     }
 }

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The body is over the configured limit.
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The body did not arrive within the client timeout; holds it.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The body declares a media type that is not JSON; holds the declared type.
     #[error("the body is declared as `{0}`, which is not JSON; send `content-type: application/json`")]
     UnsupportedMediaType(String),
@@ -58,7 +61,7 @@ pub struct ErrorEnvelope {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// For code to branch on: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`, `invalid`,
-    /// `endpoint_disabled`, `payload_too_large`, `unsupported_media_type` or `internal`.
+    /// `endpoint_disabled`, `request_timeout`, `payload_too_large`, `unsupported_media_type` or `internal`.
     #[schema(value_type = String, example = "invalid")]
     pub code: &'static str,
     /// What to fix, in words.
@@ -82,6 +85,7 @@ impl ApiError {
             Self::Conflict(code, _) => (StatusCode::CONFLICT, *code, None),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", None),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };

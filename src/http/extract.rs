@@ -46,7 +46,7 @@ pub fn is_json(content_type: &str) -> bool {
 }
 
 /// A JSON request body, parsed but not yet validated. Declared as anything but JSON it answers 415; over the
-/// size limit, 413; not JSON, 400. A body without a `content-type` is read as JSON: clients that leave the header
+/// size limit, 413; not all there within the client timeout, 408; not JSON, 400. A body without a `content-type` is read as JSON: clients that leave the header
 /// out mean nothing else, and refusing them would break callers that worked before the header was checked.
 pub struct JsonBody {
     pub value: Value,
@@ -64,7 +64,9 @@ impl FromRequest<AppState> for JsonBody {
         {
             return Err(ApiError::UnsupportedMediaType(shown(String::from_utf8_lossy(declared.as_bytes()).trim())));
         }
-        let raw = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let timeout = state.config.client_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
+        let raw = read.await.map_err(|_| ApiError::BodyTimeout(timeout))?.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge(state.config.max_body_bytes)
             } else {

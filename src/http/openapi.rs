@@ -77,6 +77,7 @@ use crate::store::{DeliveryStatus, StoreError, Trigger};
             Unauthorized,
             NotFound,
             Conflict,
+            RequestTimeout,
             TooLarge,
             UnsupportedMediaType,
             Unprocessable,
@@ -165,6 +166,8 @@ error_responses! {
         ApiError::NotFound("endpoint");
     Conflict: "The endpoint is disabled; enable it to send a test event or retry one of its deliveries.",
         ApiError::Conflict("endpoint_disabled", TEST_ON_DISABLED.into());
+    RequestTimeout: "The body did not all arrive within the service's `--client-timeout`.",
+        ApiError::BodyTimeout(std::time::Duration::from_secs(30));
     // The example shows the default limit; the service answers with its own.
     TooLarge: "The body is larger than the service's `--max-body-bytes`.",
         ApiError::TooLarge(crate::config::defaults::MAX_BODY_BYTES);
@@ -201,6 +204,7 @@ error_sets! {
     BodyErrors: "An operation that reads a JSON body." [
         "400" => BadRequest,
         "401" => Unauthorized,
+        "408" => RequestTimeout,
         "413" => TooLarge,
         "415" => UnsupportedMediaType,
         "422" => Unprocessable,
@@ -815,6 +819,7 @@ mod tests {
             ("Unauthorized", 401, "unauthorized"),
             ("NotFound", 404, "not_found"),
             ("Conflict", 409, "endpoint_disabled"),
+            ("RequestTimeout", 408, "request_timeout"),
             ("TooLarge", 413, "payload_too_large"),
             ("UnsupportedMediaType", 415, "unsupported_media_type"),
             ("Unprocessable", 422, "invalid"),

@@ -55,7 +55,10 @@ impl FromRequest<AppState> for Form {
         if !is_form {
             return Err(SettingsError::BadRequest("Expected a form (application/x-www-form-urlencoded).".into()));
         }
-        let body = Bytes::from_request(request, state).await.map_err(|rejection| {
+        let timeout = state.config.client_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(request, state));
+        let body = read.await.map_err(|_| SettingsError::BadRequest("The form took too long to arrive.".into()))?;
+        let body = body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 SettingsError::BadRequest(format!("The form is larger than {} bytes.", state.config.max_body_bytes))
             } else {

@@ -178,7 +178,7 @@ on_both_stores! {
 
     async fn deleted_endpoint_gets_nothing_more() {
         // Long enough between retries that the delete comes first, however slow the machine.
-        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(2000), ms(300), ms(300)]).await;
+        let app = TestApp::spawn_with(|c| c.retry_schedule = vec![ms(2000)]).await;
         let doomed_rx = Receiver::start(Reply::Status(500)).await;
         let control = Receiver::ok().await;
         let doomed = app.a.create_endpoint(&doomed_rx.url()).await;

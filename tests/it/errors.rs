@@ -632,3 +632,47 @@ on_both_stores! {
         }
     }
 }
+
+/// Clients that stall: a body that does not arrive within `client_timeout` answers 408, a head that does not
+/// is cut off, and neither holds up shutdown.
+#[tokio::test]
+async fn stalled_clients_time_out_and_do_not_hold_up_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let timeout = ms(300);
+    let mut app = TestApp::spawn_with(|c| c.client_timeout = timeout).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let key = app.a.key.clone().unwrap();
+    let connect = || tokio::net::TcpStream::connect(address.clone());
+    // What the server sends before it closes the connection (or 10 s pass).
+    async fn answer(stream: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the connection is still open after 10 s: {}", String::from_utf8_lossy(&got));
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    // A body promised and never sent.
+    let mut body = connect().await.unwrap();
+    let head = format!(
+        "POST /v1/endpoints HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"url\""
+    );
+    body.write_all(head.as_bytes()).await.unwrap();
+    let got = answer(&mut body).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("request_timeout"), "{got}");
+
+    // A head never finished: the connection is closed.
+    let mut partial = connect().await.unwrap();
+    partial.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    answer(&mut partial).await;
+
+    // Shutdown with a request stalled mid-body: it ends once the request has timed out, not when the client
+    // finally goes away.
+    let mut stalled = connect().await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(ms(50)).await;
+    app.shut_down(std::time::Duration::from_secs(5)).await;
+    drop(stalled);
+}

@@ -436,6 +436,17 @@ impl TestApp {
         app
     }
 
+    /// Signals shutdown and waits (up to `within`) for `tidings::run` to return; panics if it does not.
+    pub async fn shut_down(&mut self, within: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let server = self.server.take().expect("still running");
+        let result = tokio::time::timeout(within, server).await;
+        let result = result.unwrap_or_else(|_| panic!("tidings::run did not return within {within:?} of shutdown"));
+        result.expect("the server task").expect("tidings::run");
+    }
+
     async fn wait_healthy(&mut self) {
         let http = reqwest::Client::new();
         let url = format!("{}/healthz", self.base);
