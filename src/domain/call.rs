@@ -78,6 +78,7 @@ pub const ANALYSIS: [&str; 7] = [
 fn check(object: &serde_json::Map<String, Value>, prefix: &str, fields: &[(&str, Kind)]) -> Result<(), Invalid> {
     for (name, kind) in fields {
         if let Some(value) = object.get(*name)
+            && !value.is_null()
             && !kind.matches(value)
         {
             return Err(Invalid::new(format!("{prefix}{name}"), format!("must be {}", kind.name())));
@@ -87,7 +88,8 @@ fn check(object: &serde_json::Map<String, Value>, prefix: &str, fields: &[(&str,
 }
 
 /// Checks a call object: `candidate_id` and `call_id` are required non-empty strings, every other documented
-/// field has its documented type when present, and unknown fields are kept as they are.
+/// field has its documented type or is `null` (a call without a recording, say) when present, and unknown
+/// fields are kept as they are.
 pub fn validate(body: &Value) -> Result<(), Invalid> {
     let Some(object) = body.as_object() else {
         return Err(Invalid::new("body", "must be a JSON object"));
@@ -144,5 +146,13 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "call_details.call_analysis.user_sentiment");
         assert_eq!(validate(&json!("x")).unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn documented_fields_may_be_null_but_the_ids_may_not() {
+        let call = json!({"candidate_id": "a", "call_id": "c", "recording_url": null, "transcript": null,
+            "call_details": {"duration": null, "call_analysis": {"call_summary": null}}});
+        assert_eq!(validate(&call), Ok(()));
+        assert_eq!(validate(&json!({"candidate_id": "a", "call_id": null})).unwrap_err().field, "call_id");
     }
 }

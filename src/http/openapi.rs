@@ -537,12 +537,12 @@ fn call_fields<'a>(
     for (name, kind) in fields {
         let schema = nested(name).unwrap_or_else(|| {
             ObjectBuilder::new()
-                .schema_type(match kind {
+                .schema_type(or_null(match kind {
                     Kind::String => Type::String,
                     Kind::Number => Type::Number,
                     Kind::Array => Type::Array,
                     Kind::Object => Type::Object,
-                })
+                }))
                 .build()
         });
         object = object.property(name, schema);
@@ -552,8 +552,12 @@ fn call_fields<'a>(
 
 impl PartialSchema for CallObject {
     fn schema() -> RefOr<Schema> {
-        let analysis = call_fields(call::ANALYSIS.map(|name| (name, Kind::String)), |_| None).build();
-        let details = call_fields(call::DETAILS, |name| (name == "call_analysis").then(|| analysis.clone())).build();
+        let analysis = call_fields(call::ANALYSIS.map(|name| (name, Kind::String)), |_| None)
+            .schema_type(or_null(Type::Object))
+            .build();
+        let details = call_fields(call::DETAILS, |name| (name == "call_analysis").then(|| analysis.clone()))
+            .schema_type(or_null(Type::Object))
+            .build();
         let mut object = call_fields(call::TOP, |name| {
             if name == "call_details" {
                 Some(details.clone())
@@ -565,8 +569,8 @@ impl PartialSchema for CallObject {
         })
         .description(Some(
             "A completed call, as in the documentation's Call Completed example. Documented fields must have \
-             their documented types when present; `candidate_id` and `call_id` are required; any other field is \
-             kept, and the body is sent to receivers exactly as it was posted.",
+             their documented types (or be null) when present; `candidate_id` and `call_id` are required strings; \
+             any other field is kept, and the body is sent to receivers exactly as it was posted.",
         ))
         .examples([json!({
             "candidate_id": "12345",

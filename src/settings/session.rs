@@ -31,6 +31,9 @@ use crate::http::AppState;
 pub const COOKIE_NAME: &str = "tidings_session";
 /// How long a session lasts, signed in or not. Fixed from its start: a stolen cookie is not good for long.
 const LIFETIME_MS: Millis = 12 * 60 * 60 * 1000;
+/// Signed-out sessions remembered at most (about 1 MB): more sign-outs than this within one session lifetime
+/// let the oldest cookies back in until they expire.
+const MAX_ENDED: usize = 10_000;
 
 /// The process's session authority: signs and checks cookies, and remembers sessions signed out early.
 #[derive(Clone)]
@@ -174,11 +177,28 @@ impl Sessions {
         HeaderValue::from_str(&signed).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// Remembers that `session` was signed out, so its cookie is refused until it expires.
+    /// Remembers that a signed-in `session` was signed out, so its cookie is refused until it expires. An
+    /// anonymous session grants nothing, so it is not remembered (anyone may make one). At most
+    /// [`MAX_ENDED`] are kept: past that, the one closest to expiring is forgotten first.
     pub fn end(&self, session: &Session, now: Millis) {
+        if session.user.is_none() {
+            return;
+        }
         let mut ended = self.ended();
-        ended.retain(|_, expires_at| *expires_at > now);
+        if ended.len() >= MAX_ENDED {
+            ended.retain(|_, expires_at| *expires_at > now);
+        }
+        if ended.len() >= MAX_ENDED
+            && let Some(soonest) = ended.iter().min_by_key(|(_, expires_at)| **expires_at).map(|(t, _)| t.clone())
+        {
+            ended.remove(&soonest);
+        }
         ended.insert(session.token.clone(), session.expires_at);
+    }
+
+    #[cfg(test)]
+    fn ended_count(&self) -> usize {
+        self.ended().len()
     }
 
     fn ended(&self) -> std::sync::MutexGuard<'_, HashMap<String, Millis>> {
@@ -337,6 +357,26 @@ mod tests {
     /// The `name=value` part of a `Set-Cookie` value.
     fn pair(set_cookie: &HeaderValue) -> String {
         set_cookie.to_str().unwrap().split(';').next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn only_signed_in_sessions_are_remembered_when_ended_and_only_so_many() {
+        let sessions = Sessions::new();
+        sessions.end(&Session::anonymous(1_000), 1_000);
+        assert_eq!(sessions.ended_count(), 0, "an anonymous session is not remembered");
+        let user = SignedInAs { org: "org_1".into(), key_hash: "ab".repeat(32) };
+        let first = Session::signed_in(user.clone(), 1_000);
+        sessions.end(&first, 1_000);
+        for n in 1..MAX_ENDED + 5 {
+            sessions.end(&Session::signed_in(user.clone(), 1_000 + n as Millis), 1_000 + n as Millis);
+        }
+        assert_eq!(sessions.ended_count(), MAX_ENDED);
+        let cookie = sessions.cookie(&first, false, 1_000);
+        let last = Session::signed_in(user, 2_000_000);
+        sessions.end(&last, 2_000_000);
+        let last_cookie = sessions.cookie(&last, false, 2_000_000);
+        assert!(sessions.read(&headers_with(&pair(&last_cookie)), 2_000_001).is_none(), "the newest is remembered");
+        assert!(sessions.read(&headers_with(&pair(&cookie)), 2_000_001).is_some(), "the soonest to expire went first");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The public contract: what receivers get equals the document's examples, field for field.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -120,6 +120,22 @@ on_both_stores! {
         let got = receiver.wait_for(1).await;
         assert_eq!(got[0].json(), body, "the receiver gets the call as sent");
         assert_eq!(got[0].webhook_id(), event["id"].as_str().unwrap());
+    }
+
+    /// The bytes a receiver gets are the bytes posted: spacing, key order and number spellings (`1e2`, `1.50`)
+    /// are kept, which re-serializing would change. A documented field may be `null`.
+    async fn call_completed_bytes_are_sent_as_posted() {
+        let app = TestApp::spawn().await;
+        let receiver = Receiver::ok().await;
+        app.a.create_endpoint_with(json!({ "url": receiver.url(), "event_types": ["call_completed"] })).await;
+        let posted = "{ \"call_id\" : \"c1\",\n  \"candidate_id\": \"12345\", \"recording_url\": null,\n  \
+                      \"call_details\": {\"duration\": 1e2, \"e2e_latency\": 1.50}, \"z\": \"\\u00e9\" }";
+        let (status, event) =
+            app.a.raw(Method::POST, "/v1/calls", Some("application/json"), Some(posted.as_bytes().to_vec())).await;
+        assert_eq!(status, StatusCode::CREATED, "{event}");
+        let got = receiver.wait_for(1).await;
+        assert_eq!(got[0].body, posted.as_bytes(), "the receiver gets the posted bytes");
+        assert_eq!(got[0].webhook_id(), event["event"]["id"].as_str().unwrap());
     }
 
     async fn documented_call_example_is_accepted_as_is() {
