@@ -38,8 +38,13 @@
     });
   }
 
+  // The markup each refreshing region last came with, by id: a region is replaced only when it changed, so
+  // a reader's place and selection in it are kept while nothing happens.
+  var served = {};
+
   // Elements with data-refresh="MS" and an id are fetched again every MS milliseconds while the page is
-  // visible, and replaced by their new version, unless the keyboard focus is inside them.
+  // visible, and replaced by their new version when it differs, unless the keyboard focus is inside them.
+  // A <time id="refreshed-at"> outside them says when the page last looked.
   function refreshRegions() {
     var regions = document.querySelectorAll("[data-refresh][id]");
     if (regions.length === 0) return;
@@ -56,11 +61,19 @@
           document.querySelectorAll("[data-refresh][id]").forEach(function (old) {
             if (old.contains(document.activeElement)) return;
             var next = fresh.getElementById(old.id);
-            if (!next) return;
+            if (!next || served[old.id] === next.innerHTML) return;
+            served[old.id] = next.innerHTML;
             next = document.importNode(next, true);
             localTimes(next);
             old.replaceWith(next);
           });
+          var stamp = document.getElementById("refreshed-at");
+          var freshStamp = fresh.getElementById("refreshed-at");
+          if (stamp && freshStamp) {
+            stamp.setAttribute("datetime", freshStamp.getAttribute("datetime"));
+            stamp.title = freshStamp.title;
+            localTimes(stamp.parentNode);
+          }
         })
         .catch(function () { /* offline for a moment: try again next time */ })
         .then(refreshRegions);
@@ -68,6 +81,9 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-refresh][id]").forEach(function (region) {
+      served[region.id] = region.innerHTML;
+    });
     localTimes(document);
     copyButtons(document);
     refreshRegions();

@@ -1,6 +1,7 @@
 //! Wiring: open the store, start the API and the delivery workers, and stop them together.
 
 use std::future::Future;
+use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +102,11 @@ async fn serve(listener: TcpListener, app: Router, client_timeout: Duration, shu
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                // A connection the client gave up on before it was taken: only that one is lost.
+                Err(error) if matches!(
+                    error.kind(),
+                    ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+                ) => continue,
                 Err(error) => {
                     // Out of file descriptors, say: wait for some to close rather than spin.
                     tracing::warn!(%error, "cannot accept a connection");

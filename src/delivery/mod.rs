@@ -462,14 +462,10 @@ async fn record_loop(
         loop {
             match store.record_attempts(results.clone()).await {
                 Ok(()) => break,
-                Err(error) if tries < 5 => {
-                    tries += 1;
-                    tracing::warn!(%error, tries, "recording attempts failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                }
-                Err(error) if results.len() > 1 => {
-                    // One result the store refuses must not keep the others unrecorded (and their receivers
-                    // sent the same webhooks again): each is written on its own.
+                Err(error) if results.len() > 1 && error.refused() => {
+                    // One result the database refuses must not keep the others unrecorded (and their receivers
+                    // sent the same webhooks again): each is written on its own. (Not when the store is out of
+                    // reach: each write would wait for it in turn.)
                     tracing::warn!(%error, count = results.len(), "recording attempts failed; recording them one by one");
                     for result in results.iter() {
                         if let Err(error) = store.record_attempts(Arc::new([result.clone()])).await {
@@ -478,8 +474,13 @@ async fn record_loop(
                     }
                     break;
                 }
+                Err(error) if tries < 5 && !error.refused() => {
+                    tries += 1;
+                    tracing::warn!(%error, tries, "recording attempts failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
                 Err(error) => {
-                    tracing::error!(%error, delivery.id = %results[0].delivery_id, "recording an attempt failed; its lease will expire");
+                    tracing::error!(%error, count = results.len(), "recording attempts failed; their leases will expire");
                     break;
                 }
             }

@@ -80,8 +80,11 @@ pub fn is_private_target(ip: IpAddr) -> bool {
             if let Some(v4) = embedded_v4(v6) {
                 return is_private_v4(v4);
             }
-            let first = v6.segments()[0];
-            v6.is_loopback()
+            let [first, second, third, ..] = v6.segments();
+            // Local-use NAT64 (`64:ff9b:1::/48`) reaches IPv4 addresses the network chose, private ones too.
+            let local_nat64 = first == 0x64 && second == 0xff9b && third == 1;
+            local_nat64
+                || v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
@@ -196,6 +199,7 @@ mod tests {
             "http://[64:ff9b::a9fe:a9fe]/",
             "http://[64:ff9b::10.0.0.1]/",
             "http://[2002:7f00:1::1]/",
+            "http://[64:ff9b:1::a9fe:a9fe]/",
             "http://192.0.0.170/",
             "http://198.18.0.1/",
             "http://240.0.0.1/",

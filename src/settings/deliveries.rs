@@ -14,7 +14,7 @@ use super::views::{AttemptRow, Choice, DeliveriesPage, DeliveryPage, DeliveryRow
 use super::{SettingsError, render, see_other};
 use crate::domain::time::now_ms;
 use crate::http::AppState;
-use crate::http::actions::Retry;
+use crate::http::actions::{RETRY_ON_DISABLED, Retry};
 use crate::http::extract::MAX_LIMIT;
 use crate::store::{AttemptRecord, DeliveryFilter, DeliveryStatus, EndpointRecord, PageRequest, Trigger};
 
@@ -132,11 +132,20 @@ pub async fn list_deliveries(
     render(http_status, &page)
 }
 
-/// `HTTP 200`, `HTTP 500`, `timeout`…: the status code when there was an answer, the error kind otherwise.
+/// `HTTP 200`, `HTTP 500`, `Timed out`…: the status code when there was an answer (a redirect said to be one
+/// that is not followed), what went wrong in words otherwise.
 fn attempt_result(attempt: &AttemptRecord) -> String {
-    match (attempt.status_code, &attempt.error) {
+    match (attempt.status_code, attempt.error.as_deref()) {
+        (Some(code @ 300..=399), _) => format!("HTTP {code} (redirects are not followed)"),
         (Some(code), _) => format!("HTTP {code}"),
-        (None, Some(error)) => error.clone(),
+        (None, Some("timeout")) => "Timed out".to_owned(),
+        (None, Some("connect")) => "Could not connect".to_owned(),
+        (None, Some("dns")) => "Host name not found".to_owned(),
+        (None, Some("blocked")) => "Refused: a private or loopback address".to_owned(),
+        (None, Some("url")) => "The URL cannot be requested".to_owned(),
+        (None, Some("request")) => "The exchange broke off".to_owned(),
+        (None, Some("signing")) => "Not sent: the signing secret is unreadable".to_owned(),
+        (None, Some(other)) => other.to_owned(),
         (None, None) => "—".to_owned(),
     }
 }
@@ -162,24 +171,30 @@ pub async fn show_delivery(
     Path(id): Path<String>,
     Query(query): Query<DeliveryQuery>,
 ) -> Result<Response, SettingsError> {
+    let mut page = delivery_page(&state, &signed_in, &id).await?;
+    page.layout.notice = match query.done.as_deref() {
+        Some("test-sent") => Some("Test event queued for this webhook: it is sent at once."),
+        Some("retried") => Some("Retry asked for: one more attempt is being made now."),
+        _ => None,
+    };
+    render(StatusCode::OK, &page)
+}
+
+/// The page of the organization's delivery `id`, with every attempt.
+async fn delivery_page(state: &AppState, signed_in: &SignedIn, id: &str) -> Result<DeliveryPage, SettingsError> {
     let org = &signed_in.org;
-    let (delivery, attempts) = state.delivery(org, &id).await?.ok_or(SettingsError::NotFound("delivery"))?;
+    let (delivery, attempts) = state.delivery(org, id).await?.ok_or(SettingsError::NotFound("delivery"))?;
     let event = state.store.get_event(org, &delivery.event_id).await?;
     let endpoint = state.store.get_endpoint(org, &delivery.endpoint_id).await?;
     let mut layout = Layout::new(format!("Delivery {id}"), &signed_in.session.token, true, "deliveries");
     let refreshing = delivery.status == DeliveryStatus::Pending;
     layout.refreshes = refreshing;
-    layout.notice = match query.done.as_deref() {
-        Some("test-sent") => Some("Test event sent to this webhook."),
-        Some("retried") => Some("Retry asked for: one more attempt is being made now."),
-        Some("retry-disabled") => Some("Not retried: the webhook is disabled. Enable it to retry this delivery."),
-        _ => None,
-    };
-    let page = DeliveryPage {
+    Ok(DeliveryPage {
         layout,
         id: delivery.id.clone(),
         status: delivery.status.as_str(),
         endpoint_label: endpoint.as_ref().map(endpoint_label).unwrap_or_else(|| delivery.endpoint_id.clone()),
+        endpoint_disabled: endpoint.as_ref().is_some_and(|e| !e.enabled),
         endpoint_id: delivery.endpoint_id.clone(),
         event_id: delivery.event_id.clone(),
         event_type: event.as_ref().map(|e| e.event_type.clone()).unwrap_or_default(),
@@ -200,8 +215,8 @@ pub async fn show_delivery(
             .collect(),
         body: event.as_ref().map(|e| indent_json(&e.payload)).unwrap_or_default(),
         refreshing,
-    };
-    render(StatusCode::OK, &page)
+        retry_error: None,
+    })
 }
 
 pub async fn retry_delivery(
@@ -210,12 +225,16 @@ pub async fn retry_delivery(
     Path(id): Path<String>,
     _form: Form,
 ) -> Result<Response, SettingsError> {
-    let done = match state.retry_delivery(&signed_in.org, &id).await? {
-        Retry::Queued(_) => "retried",
-        Retry::Disabled => "retry-disabled",
-        Retry::Gone => return Err(SettingsError::NotFound("delivery")),
-    };
-    Ok(see_other(format!("/settings/deliveries/{id}?done={done}")))
+    match state.retry_delivery(&signed_in.org, &id).await? {
+        Retry::Queued(_) => Ok(see_other(format!("/settings/deliveries/{id}?done=retried"))),
+        Retry::Disabled => {
+            let mut page = delivery_page(&state, &signed_in, &id).await?;
+            // The API's message for the same refusal (409 endpoint_disabled).
+            page.retry_error = Some(RETRY_ON_DISABLED);
+            render(StatusCode::CONFLICT, &page)
+        }
+        Retry::Gone => Err(SettingsError::NotFound("delivery")),
+    }
 }
 
 #[cfg(test)]
@@ -234,9 +253,13 @@ mod tests {
             response_body: String::new(),
         };
         assert_eq!(attempt_result(&attempt), "HTTP 500");
+        attempt.status_code = Some(302);
+        assert_eq!(attempt_result(&attempt), "HTTP 302 (redirects are not followed)");
         attempt.status_code = None;
         attempt.error = Some("timeout".into());
-        assert_eq!(attempt_result(&attempt), "timeout");
+        assert_eq!(attempt_result(&attempt), "Timed out");
+        attempt.error = Some("blocked".into());
+        assert_eq!(attempt_result(&attempt), "Refused: a private or loopback address");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! with, the sign-in check of every page, and the CSRF token every form of the session carries.
 //!
 //! Every visitor gets a session, signed in or not, so the sign-in form has a CSRF token too. The cookie is
-//! `HttpOnly` (no script reads it), `SameSite=Strict` (no other site's request carries it), `Path=/settings`,
+//! `HttpOnly` (no script reads it), `SameSite=Lax` (another site's form posts do not carry it; a link followed
+//! from elsewhere, an email say, does, or the visit would replace the session with an anonymous one), `Path=/settings`,
 //! and `Secure` when the request came over TLS (as told by a TLS-terminating proxy's `X-Forwarded-Proto` or
 //! `Forwarded` header, since `tidings serve` itself speaks plain HTTP).
 //!
@@ -31,9 +32,10 @@ use crate::http::AppState;
 pub const COOKIE_NAME: &str = "tidings_session";
 /// How long a session lasts, signed in or not. Fixed from its start: a stolen cookie is not good for long.
 const LIFETIME_MS: Millis = 12 * 60 * 60 * 1000;
-/// Signed-out sessions remembered at most (about 1 MB): more sign-outs than this within one session lifetime
-/// let the oldest cookies back in until they expire.
-const MAX_ENDED: usize = 10_000;
+/// Signed-out sessions remembered at most per organization (about 100 kB): more of its sign-outs than this
+/// within one session lifetime let its oldest cookies back in until they expire. Counted per organization, so
+/// no one else's sign-outs can push its own out.
+const MAX_ENDED: usize = 1_000;
 
 /// The process's session authority: signs and checks cookies, and remembers sessions signed out early.
 #[derive(Clone)]
@@ -43,9 +45,9 @@ struct Inner {
     /// Signs every session cookie (HMAC-SHA256), so a client cannot make one up or change the organization
     /// in it.
     key: Key,
-    /// Tokens of sessions signed out before they expired, with their expiry: a signed cookie stays valid by
-    /// itself, so a sign-out has to be remembered here until the cookie would have expired anyway.
-    ended: Mutex<HashMap<String, Millis>>,
+    /// Tokens of sessions signed out before they expired, with their expiry, by organization: a signed cookie
+    /// stays valid by itself, so a sign-out has to be remembered here until the cookie would have expired anyway.
+    ended: Mutex<HashMap<String, HashMap<String, Millis>>>,
 }
 
 /// Who signed in: the organization, and the hash of the API key used, checked again on every request so a
@@ -155,7 +157,8 @@ impl Sessions {
         }
         let cookie = jar.signed(&self.0.key).get(COOKIE_NAME)?;
         let session = Session::decode(cookie.value())?;
-        if session.expires_at <= now || self.ended().contains_key(&session.token) {
+        let ended = |user: &SignedInAs| self.ended().get(&user.org).is_some_and(|m| m.contains_key(&session.token));
+        if session.expires_at <= now || session.user.as_ref().is_some_and(ended) {
             return None;
         }
         Some(session)
@@ -167,7 +170,7 @@ impl Sessions {
         let cookie = Cookie::build((COOKIE_NAME, session.encode()))
             .path("/settings")
             .http_only(true)
-            .same_site(SameSite::Strict)
+            .same_site(SameSite::Lax)
             .secure(secure)
             .max_age(max_age);
         let mut jar = CookieJar::new();
@@ -179,12 +182,11 @@ impl Sessions {
 
     /// Remembers that a signed-in `session` was signed out, so its cookie is refused until it expires. An
     /// anonymous session grants nothing, so it is not remembered (anyone may make one). At most
-    /// [`MAX_ENDED`] are kept: past that, the one closest to expiring is forgotten first.
+    /// [`MAX_ENDED`] are kept per organization: past that, its one closest to expiring is forgotten first.
     pub fn end(&self, session: &Session, now: Millis) {
-        if session.user.is_none() {
-            return;
-        }
-        let mut ended = self.ended();
+        let Some(user) = &session.user else { return };
+        let mut all = self.ended();
+        let ended = all.entry(user.org.clone()).or_default();
         if ended.len() >= MAX_ENDED {
             ended.retain(|_, expires_at| *expires_at > now);
         }
@@ -198,10 +200,10 @@ impl Sessions {
 
     #[cfg(test)]
     fn ended_count(&self) -> usize {
-        self.ended().len()
+        self.ended().values().map(HashMap::len).sum()
     }
 
-    fn ended(&self) -> std::sync::MutexGuard<'_, HashMap<String, Millis>> {
+    fn ended(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Millis>>> {
         // A panic elsewhere while holding the lock leaves the map usable: it is only a set of tokens.
         self.0.ended.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -371,6 +373,15 @@ mod tests {
             sessions.end(&Session::signed_in(user.clone(), 1_000 + n as Millis), 1_000 + n as Millis);
         }
         assert_eq!(sessions.ended_count(), MAX_ENDED);
+        // Another organization's sign-outs are counted apart: they push none of these out.
+        let other = SignedInAs { org: "org_2".into(), key_hash: "cd".repeat(32) };
+        let kept = Session::signed_in(user.clone(), 1_500_000);
+        sessions.end(&kept, 1_500_000);
+        for n in 0..MAX_ENDED + 5 {
+            sessions.end(&Session::signed_in(other.clone(), 1_000 + n as Millis), 1_000 + n as Millis);
+        }
+        let kept_cookie = sessions.cookie(&kept, false, 1_500_000);
+        assert!(sessions.read(&headers_with(&pair(&kept_cookie)), 2_000_001).is_none(), "still signed out");
         let cookie = sessions.cookie(&first, false, 1_000);
         let last = Session::signed_in(user, 2_000_000);
         sessions.end(&last, 2_000_000);
@@ -386,7 +397,7 @@ mod tests {
         let session = Session::signed_in(user.clone(), 1_000);
         let set_cookie = sessions.cookie(&session, false, 1_000);
         let text = set_cookie.to_str().unwrap();
-        assert!(text.contains("HttpOnly") && text.contains("SameSite=Strict") && text.contains("Path=/settings"));
+        assert!(text.contains("HttpOnly") && text.contains("SameSite=Lax") && text.contains("Path=/settings"));
         assert!(!text.contains("Secure"));
         assert!(sessions.cookie(&session, true, 1_000).to_str().unwrap().contains("Secure"));
 

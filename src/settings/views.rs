@@ -266,6 +266,8 @@ pub struct DeliveryPage {
     pub status: &'static str,
     pub endpoint_id: String,
     pub endpoint_label: String,
+    /// Its webhook is disabled: its deliveries wait, and a retry is refused.
+    pub endpoint_disabled: bool,
     pub event_id: String,
     pub event_type: String,
     pub created: Time,
@@ -276,6 +278,8 @@ pub struct DeliveryPage {
     pub body: String,
     /// Still pending: the page refreshes its status and attempts.
     pub refreshing: bool,
+    /// Why "Retry now" did nothing.
+    pub retry_error: Option<&'static str>,
 }
 
 #[cfg(test)]

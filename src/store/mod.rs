@@ -42,6 +42,27 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// Whether the database refused the write itself (a value it cannot store, a constraint), so the same write
+    /// fails again however often it is tried; not whether the database is out of reach or busy.
+    pub fn refused(&self) -> bool {
+        match self {
+            // SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
+            Self::Database(error) => error
+                .as_database_error()
+                .and_then(|e| e.code())
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
+                error.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Opens the store named by `database` and brings its schema up to date: a `postgres://` URL opens

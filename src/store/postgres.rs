@@ -553,97 +553,97 @@ impl PostgresStore {
         Ok(true)
     }
 
-    /// Records a batch of attempt results in one transaction of two statements.
+    /// Records a batch of attempt results in one transaction.
     async fn record_slice(&self, results: &[AttemptResult]) -> Result<()> {
-        // An attempt is logged for the deliveries the second statement updated, numbered by the count it set, so
-        // a delivery deleted meanwhile gets none. A delivery twice in one batch (a stale lease's result beside the
-        // newer one) would be updated only once, so such a batch is split.
-        let mut seen = HashSet::with_capacity(results.len());
-        if let Some(split) = results.iter().position(|r| !seen.insert(r.delivery_id.as_str())) {
-            Box::pin(self.record_slice(&results[..split])).await?;
-            return Box::pin(self.record_slice(&results[split..])).await;
-        }
-        // Rows are locked in the order of their ids, the queue's and then the deliveries', as deleting an
-        // endpoint locks them, so neither waits for the other while holding what the other waits for.
-        let mut sorted: Vec<&AttemptResult> = results.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
-        let mut columns = AttemptColumns::default();
-        for result in sorted {
-            columns.push(result);
-        }
         let mut tx = self.pool.begin().await?;
-        // First the queue, where the leases are: a result made under the lease its delivery still has takes the
-        // delivery out of the queue, to be queued anew at its next attempt if it has one (a row written anew
-        // costs what moving it in the due index would: a new version and two index entries, and this way the
-        // rows are locked by one statement in the order given). A result under a lease that ran out and was
-        // taken again, or was ended by a manual retry, leaves the queue as it is. A failed attempt of a delivery
-        // that had settled before a manual retry is not queued again: the second statement puts the delivery
-        // back to its settled status (see [`KEEP_SETTLED`]).
-        let owned: Vec<String> = sqlx::query_scalar(
-            "WITH r AS ( \
-               SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(delivery_id, lease_token, next_at) \
-             ), owned AS ( \
-               DELETE FROM delivery_queue q USING r \
-               WHERE q.delivery_id = r.delivery_id AND q.lease_token = r.lease_token \
-               RETURNING q.delivery_id, q.endpoint_id, r.next_at \
-             ), again AS ( \
-               INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at) \
-               SELECT o.delivery_id, o.endpoint_id, o.next_at FROM owned o WHERE o.next_at IS NOT NULL \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = o.delivery_id AND d.settled IS NOT NULL) \
-             ) \
-             SELECT delivery_id FROM owned",
-        )
-        .bind(&columns.delivery_id)
-        .bind(&columns.lease_token)
-        .bind(&columns.next_at)
-        .fetch_all(&mut *tx)
-        .await?;
-        let owned: HashSet<String> = owned.into_iter().collect();
-        let owned: Vec<bool> = columns.delivery_id.iter().map(|id| owned.contains(id)).collect();
-        // Then the deliveries, changing no indexed column (so each stays on its page, with no index written),
-        // and the attempts log.
-        sqlx::query(
-            "WITH r AS ( \
-               SELECT * FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
-                                    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
-                 AS r(delivery_id, owned, trigger, started_at, duration_ms, status_code, error, response_body, \
-                      status, next_at, scheduled) \
-             ), updated AS ( \
-               UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
-                 scheduled_count = d.scheduled_count + CASE WHEN r.owned THEN r.scheduled ELSE 0 END, \
-                 status = CASE WHEN r.owned THEN \
-                     CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN d.settled ELSE r.status END \
-                   WHEN r.status = 'succeeded' AND d.status = 'undeliverable' THEN r.status ELSE d.status END, \
-                 next_attempt_at = CASE WHEN r.owned THEN \
-                     CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN NULL ELSE r.next_at END \
-                   ELSE d.next_attempt_at END, \
-                 settled = CASE WHEN r.owned THEN NULL WHEN r.status = 'succeeded' THEN r.status ELSE d.settled END \
-               FROM r WHERE d.id = r.delivery_id \
-               RETURNING d.id, d.attempt_count, r.trigger, r.started_at, r.duration_ms, r.status_code, r.error, \
-                         r.response_body \
-             ) \
-             INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
-                                   response_body) \
-             SELECT id, attempt_count, trigger, started_at, duration_ms, status_code, error, response_body \
-             FROM updated",
-        )
-        .bind(columns.delivery_id)
-        .bind(owned)
-        .bind(columns.trigger)
-        .bind(columns.started_at)
-        .bind(columns.duration_ms)
-        .bind(columns.status_code)
-        .bind(columns.error)
-        .bind(columns.response_body)
-        .bind(columns.status)
-        .bind(columns.next_at)
-        .bind(columns.scheduled)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        // An attempt is logged for the deliveries the second statement of a part updated, numbered by the count
+        // it set, so a delivery deleted meanwhile gets none. A delivery twice in one part (a stale lease's result
+        // beside the newer one) would be updated only once, so the batch is written in parts without one.
+        let mut rest = results;
+        while !rest.is_empty() {
+            let mut seen = HashSet::with_capacity(rest.len());
+            let split = rest.iter().position(|r| !seen.insert(r.delivery_id.as_str())).unwrap_or(rest.len());
+            record_part(&mut tx, &rest[..split]).await?;
+            rest = &rest[split..];
+        }
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Records results for distinct deliveries in two statements of `tx`.
+async fn record_part(tx: &mut Tx, results: &[AttemptResult]) -> Result<()> {
+    // Rows are locked in the order of their ids, the queue's and then the deliveries', as deleting an endpoint
+    // locks them, so neither waits for the other while holding what the other waits for.
+    let mut sorted: Vec<&AttemptResult> = results.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
+    let mut columns = AttemptColumns::default();
+    for result in sorted {
+        columns.push(result);
+    }
+    // First the queue, where the leases are: a result made under the lease its delivery still has takes the
+    // delivery out of the queue. A result under a lease that ran out and was taken again, or was ended by a
+    // manual retry, leaves the queue as it is.
+    let owned: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM delivery_queue q USING unnest($1::text[], $2::text[]) AS r(delivery_id, lease_token) \
+         WHERE q.delivery_id = r.delivery_id AND q.lease_token = r.lease_token \
+         RETURNING q.delivery_id",
+    )
+    .bind(&columns.delivery_id)
+    .bind(&columns.lease_token)
+    .fetch_all(&mut **tx)
+    .await?;
+    let owned: HashSet<String> = owned.into_iter().collect();
+    let owned: Vec<bool> = columns.delivery_id.iter().map(|id| owned.contains(id)).collect();
+    // Then the deliveries, changing no indexed column (so each stays on its page, with no index written), the
+    // queue again for those with a next attempt, and the attempts log. Whether there is a next attempt is
+    // read from the updated row: a failed attempt of a delivery that had settled before a manual retry goes
+    // back to its settled status (see [`KEEP_SETTLED`]), and `settled` may have been set by a success under a
+    // lost lease until this statement locked the row. (A retry queued anew costs what moving it in the due
+    // index would: a new version and two index entries.)
+    sqlx::query(
+        "WITH r AS ( \
+           SELECT * FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+                                $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
+             AS r(delivery_id, owned, trigger, started_at, duration_ms, status_code, error, response_body, \
+                  status, next_at, scheduled) \
+         ), updated AS ( \
+           UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
+             scheduled_count = d.scheduled_count + CASE WHEN r.owned THEN r.scheduled ELSE 0 END, \
+             status = CASE WHEN r.owned THEN \
+                 CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN d.settled ELSE r.status END \
+               WHEN r.status = 'succeeded' AND d.status = 'undeliverable' THEN r.status ELSE d.status END, \
+             next_attempt_at = CASE WHEN r.owned THEN \
+                 CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN NULL ELSE r.next_at END \
+               ELSE d.next_attempt_at END, \
+             settled = CASE WHEN r.owned THEN NULL WHEN r.status = 'succeeded' THEN r.status ELSE d.settled END \
+           FROM r WHERE d.id = r.delivery_id \
+           RETURNING d.id, d.endpoint_id, d.attempt_count, d.next_attempt_at, r.owned, r.trigger, r.started_at, \
+                     r.duration_ms, r.status_code, r.error, r.response_body \
+         ), again AS ( \
+           INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at) \
+           SELECT id, endpoint_id, next_attempt_at FROM updated WHERE owned AND next_attempt_at IS NOT NULL \
+         ) \
+         INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
+                               response_body) \
+         SELECT id, attempt_count, trigger, started_at, duration_ms, status_code, error, response_body \
+         FROM updated",
+    )
+    .bind(columns.delivery_id)
+    .bind(owned)
+    .bind(columns.trigger)
+    .bind(columns.started_at)
+    .bind(columns.duration_ms)
+    .bind(columns.status_code)
+    .bind(columns.error)
+    .bind(columns.response_body)
+    .bind(columns.status)
+    .bind(columns.next_at)
+    .bind(columns.scheduled)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 #[async_trait]

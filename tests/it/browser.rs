@@ -294,7 +294,7 @@ async fn walk_through(client: &Client, app: &TestApp, receiver: &Receiver, shots
 
     // "Send test event": the example event arrives at the receiver, and its delivery page says so.
     click(client, "#send-test").await;
-    wait_text(client, ".notice", "Test event sent").await;
+    wait_text(client, ".notice", "Test event queued").await;
     receiver.wait_for(1).await;
     wait_text(client, "#delivery-status", "succeeded").await;
 
@@ -316,6 +316,14 @@ async fn walk_through(client: &Client, app: &TestApp, receiver: &Receiver, shots
     assert!(!time[0].as_str().unwrap().contains("UTC"), "local time shown: {time}");
     assert!(time[1].as_str().unwrap().ends_with("UTC"), "UTC on hover: {time}");
     assert_eq!(receiver.count(), 2);
+    // Nothing changes now: the page looks again (its "last updated" moves) but leaves the list as it is, so a
+    // reader's place in it is kept.
+    js(client, "document.getElementById('deliveries').__kept = true; return null;").await;
+    let stamp_js = "return document.getElementById('refreshed-at').getAttribute('datetime');";
+    let stamp = js(client, stamp_js).await;
+    eventually("the page to look again", WAIT, || async { (js(client, stamp_js).await != stamp).then_some(()) }).await;
+    let kept = js(client, "return document.getElementById('deliveries').__kept === true;").await;
+    assert_eq!(kept, json!(true), "an unchanged list is not replaced");
 
     // The receiver fails: the delivery's attempts arrive on its page one by one, until it is undeliverable.
     receiver.set_reply(Reply::Status(500));

@@ -207,7 +207,7 @@ on_both_stores! {
         let page = Visitor::new(&app).get("/settings/sign-in").await;
         page.expect(StatusCode::OK).shows("<label for=\"api_key\">API key</label>").hides("Sign out");
         let cookie = page.set_cookie().expect("a session cookie for the sign-in form");
-        for part in ["tidings_session=", "HttpOnly", "SameSite=Strict", "Path=/settings", "Max-Age="] {
+        for part in ["tidings_session=", "HttpOnly", "SameSite=Lax", "Path=/settings", "Max-Age="] {
             assert!(cookie.contains(part), "{part} in {cookie}");
         }
         assert!(!cookie.contains("Secure"), "plain HTTP: no Secure flag: {cookie}");
@@ -597,7 +597,7 @@ on_both_stores! {
 
         let page = visitor.get(&location).await;
         page.expect(StatusCode::OK)
-            .shows("Test event sent to this webhook.")
+            .shows("Test event queued for this webhook")
             .shows(r#"id="delivery-status">succeeded</span>"#)
             .shows(&got[0].webhook_id())
             .shows("HTTP 200")
@@ -739,12 +739,18 @@ on_both_stores! {
         assert_eq!(page.body.matches(r#"<tr class="attempt">"#).count(), 3);
         assert_eq!(receiver.count(), 3);
 
-        // With the webhook disabled, "Retry now" says why nothing is done.
+        // With the webhook disabled, the page says so, and "Retry now" answers why nothing is done, in the API's
+        // words.
         let (status, _) = app.a.patch(&format!("/v1/endpoints/{ep}"), json!({ "enabled": false })).await;
         assert_eq!(status, StatusCode::OK);
+        let page = visitor.get(&path).await;
+        page.expect(StatusCode::OK).shows("its deliveries wait until it is enabled").hides("retry-error");
         let refused = visitor.submit(&page, &format!("{path}/retry"), &[]).await;
-        assert_eq!(refused.redirects_to(&path), format!("{path}?done=retry-disabled"));
-        visitor.get(&format!("{path}?done=retry-disabled")).await.expect(StatusCode::OK).shows("the webhook is disabled");
+        let (status, api) = app.a.post_empty(&format!("/v1/deliveries/{dlv}/retry")).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        refused
+            .expect(StatusCode::CONFLICT)
+            .shows(&format!(r#"role="alert" id="retry-error">{}"#, escaped(api["error"]["message"].as_str().unwrap())));
         assert_eq!(app.a.delivery(&dlv).await["status"], "succeeded", "not made pending");
 
         visitor.get("/settings/deliveries/dlv_nothex").await.expect(StatusCode::NOT_FOUND);

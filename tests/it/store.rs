@@ -793,15 +793,30 @@ async fn postgres_finished_deliveries_are_updated_in_place() {
     assert_eq!(in_place, updated, "every delivery finished in place");
 }
 
-/// A deadlock is told from other database errors (deleting an endpoint tries again after one).
+/// A deadlock is told from other database errors (deleting an endpoint tries again after one), and a write
+/// the database refuses from one it could not make (results are then written one by one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_deadlock_is_told_from_other_errors() {
     use sqlx::Connection;
+    use tidings::store::StoreError;
     use tidings::store::postgres::is_deadlock;
 
     let Some(db) = migrated_postgres("store::postgres_a_deadlock_is_told_from_other_errors").await else {
         return;
     };
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let nul = sqlx::query("SELECT $1::text").bind("a\0b").execute(&mut connection).await.unwrap_err();
+    assert!(StoreError::Database(nul).refused(), "a NUL in text is refused");
+    let unreachable =
+        sqlx::PgConnection::connect(&format!("postgres://postgres@127.0.0.1:{}/x", crate::helpers::free_port()))
+            .await
+            .unwrap_err();
+    assert!(!StoreError::Database(unreachable).refused(), "an unreachable server refused nothing");
+    let sqlite = rusqlite::Connection::open_in_memory().unwrap();
+    sqlite.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);").unwrap();
+    let constraint = sqlite.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+    assert!(StoreError::Sqlite(constraint).refused(), "a unique constraint refuses");
+
     let mut setup = sqlx::PgConnection::connect(&db.url).await.expect("connect");
     sqlx::raw_sql("CREATE TABLE pair (id INT PRIMARY KEY); INSERT INTO pair VALUES (1), (2);")
         .execute(&mut setup)
@@ -809,6 +824,7 @@ async fn postgres_a_deadlock_is_told_from_other_errors() {
         .unwrap();
     let duplicate = sqlx::query("INSERT INTO pair VALUES (1)").execute(&mut setup).await.unwrap_err();
     assert!(!is_deadlock(&duplicate), "{duplicate}");
+    assert!(StoreError::Database(duplicate).refused());
 
     // Each locks one row and, once both hold theirs, waits for the other's: PostgreSQL ends one of them.
     let both_hold = Arc::new(tokio::sync::Barrier::new(2));
@@ -826,6 +842,8 @@ async fn postgres_a_deadlock_is_told_from_other_errors() {
     let errors: Vec<sqlx::Error> = [a, b].into_iter().filter_map(Result::err).collect();
     assert_eq!(errors.len(), 1, "one of the two is ended");
     assert!(is_deadlock(&errors[0]), "{}", errors[0]);
+    let deadlock = errors.into_iter().next().unwrap();
+    assert!(!StoreError::Database(deadlock).refused(), "a deadlock may pass when tried again");
 }
 
 /// A PostgreSQL database written before migration 7 keeps its queue when the queue moves to a table of its own:
