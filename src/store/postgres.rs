@@ -571,6 +571,49 @@ impl PostgresStore {
     }
 }
 
+/// The second statement of [`record_part`]: the deliveries' update, then `$again` (a CTE that queues retries, or
+/// nothing), then the attempts log.
+macro_rules! record_statement {
+    ($again:literal) => {
+        concat!(
+            "WITH r AS ( \
+               SELECT * FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+                                    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
+                 AS r(delivery_id, owned, trigger, started_at, duration_ms, status_code, error, response_body, \
+                      status, next_at, scheduled) \
+             ), updated AS ( \
+               UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
+                 scheduled_count = d.scheduled_count + CASE WHEN r.owned THEN r.scheduled ELSE 0 END, \
+                 status = CASE WHEN r.owned THEN \
+                     CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN d.settled ELSE r.status END \
+                   WHEN r.status = 'succeeded' AND d.status = 'undeliverable' THEN r.status ELSE d.status END, \
+                 next_attempt_at = CASE WHEN r.owned THEN \
+                     CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN NULL ELSE r.next_at END \
+                   ELSE d.next_attempt_at END, \
+                 settled = CASE WHEN r.owned THEN NULL WHEN r.status = 'succeeded' THEN r.status ELSE d.settled END \
+               FROM r WHERE d.id = r.delivery_id \
+               RETURNING d.id, d.endpoint_id, d.attempt_count, d.next_attempt_at, r.owned, r.trigger, r.started_at, \
+                         r.duration_ms, r.status_code, r.error, r.response_body \
+             )",
+            $again,
+            " INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
+                                    response_body) \
+             SELECT id, attempt_count, trigger, started_at, duration_ms, status_code, error, response_body \
+             FROM updated"
+        )
+    };
+}
+
+/// Results of which none has a next attempt: no delivery is queued again.
+const RECORD: &str = record_statement!("");
+/// Results of which some have a next attempt: those still owed one once updated are queued again.
+const RECORD_WITH_RETRIES: &str = record_statement!(
+    ", again AS ( \
+       INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at) \
+       SELECT id, endpoint_id, next_attempt_at FROM updated WHERE owned AND next_attempt_at IS NOT NULL \
+     )"
+);
+
 /// Records results for distinct deliveries in two statements of `tx`.
 async fn record_part(tx: &mut Tx, results: &[AttemptResult]) -> Result<()> {
     // Rows are locked in the order of their ids, the queue's and then the deliveries', as deleting an endpoint
@@ -601,48 +644,24 @@ async fn record_part(tx: &mut Tx, results: &[AttemptResult]) -> Result<()> {
     // back to its settled status (see [`KEEP_SETTLED`]), and `settled` may have been set by a success under a
     // lost lease until this statement locked the row. (A retry queued anew costs what moving it in the due
     // index would: a new version and two index entries.)
-    sqlx::query(
-        "WITH r AS ( \
-           SELECT * FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
-                                $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) \
-             AS r(delivery_id, owned, trigger, started_at, duration_ms, status_code, error, response_body, \
-                  status, next_at, scheduled) \
-         ), updated AS ( \
-           UPDATE deliveries d SET attempt_count = d.attempt_count + 1, updated_at = $12, \
-             scheduled_count = d.scheduled_count + CASE WHEN r.owned THEN r.scheduled ELSE 0 END, \
-             status = CASE WHEN r.owned THEN \
-                 CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN d.settled ELSE r.status END \
-               WHEN r.status = 'succeeded' AND d.status = 'undeliverable' THEN r.status ELSE d.status END, \
-             next_attempt_at = CASE WHEN r.owned THEN \
-                 CASE WHEN r.status <> 'succeeded' AND d.settled IS NOT NULL THEN NULL ELSE r.next_at END \
-               ELSE d.next_attempt_at END, \
-             settled = CASE WHEN r.owned THEN NULL WHEN r.status = 'succeeded' THEN r.status ELSE d.settled END \
-           FROM r WHERE d.id = r.delivery_id \
-           RETURNING d.id, d.endpoint_id, d.attempt_count, d.next_attempt_at, r.owned, r.trigger, r.started_at, \
-                     r.duration_ms, r.status_code, r.error, r.response_body \
-         ), again AS ( \
-           INSERT INTO delivery_queue (delivery_id, endpoint_id, run_at) \
-           SELECT id, endpoint_id, next_attempt_at FROM updated WHERE owned AND next_attempt_at IS NOT NULL \
-         ) \
-         INSERT INTO attempts (delivery_id, number, trigger, started_at, duration_ms, status_code, error, \
-                               response_body) \
-         SELECT id, attempt_count, trigger, started_at, duration_ms, status_code, error, response_body \
-         FROM updated",
-    )
-    .bind(columns.delivery_id)
-    .bind(owned)
-    .bind(columns.trigger)
-    .bind(columns.started_at)
-    .bind(columns.duration_ms)
-    .bind(columns.status_code)
-    .bind(columns.error)
-    .bind(columns.response_body)
-    .bind(columns.status)
-    .bind(columns.next_at)
-    .bind(columns.scheduled)
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await?;
+    // Only a part with a retry among its results can queue one (a settled delivery only ever loses its next
+    // attempt here): the others leave the queue out of the statement.
+    let sql = if columns.next_at.iter().any(Option::is_some) { RECORD_WITH_RETRIES } else { RECORD };
+    sqlx::query(sql)
+        .bind(columns.delivery_id)
+        .bind(owned)
+        .bind(columns.trigger)
+        .bind(columns.started_at)
+        .bind(columns.duration_ms)
+        .bind(columns.status_code)
+        .bind(columns.error)
+        .bind(columns.response_body)
+        .bind(columns.status)
+        .bind(columns.next_at)
+        .bind(columns.scheduled)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
