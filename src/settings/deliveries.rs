@@ -26,6 +26,7 @@ const SNIPPET_CHARS: usize = 1000;
 #[derive(Deserialize, Default)]
 pub struct DeliveriesQuery {
     endpoint_id: Option<String>,
+    event_id: Option<String>,
     status: Option<String>,
     cursor: Option<String>,
 }
@@ -56,6 +57,7 @@ pub async fn list_deliveries(
     Query(query): Query<DeliveriesQuery>,
 ) -> Result<Response, SettingsError> {
     let endpoint_id = query.endpoint_id.filter(|s| !s.is_empty());
+    let event_id = query.event_id.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let status_text = query.status.filter(|s| !s.is_empty());
     // The API's message for the same mistake.
     let (status, filter_error) = match status_text.as_deref().map(DeliveryStatus::parse_filter) {
@@ -69,7 +71,7 @@ pub async fn list_deliveries(
     let (items, next_cursor) = if filter_error.is_some() {
         (Vec::new(), None)
     } else {
-        let filter = DeliveryFilter { endpoint_id: endpoint_id.clone(), event_id: None, status };
+        let filter = DeliveryFilter { endpoint_id: endpoint_id.clone(), event_id: event_id.clone(), status };
         let page = state.deliveries(&signed_in.org, &filter, PageRequest { limit: PAGE_SIZE, before }).await?;
         (page.items, page.next_cursor)
     };
@@ -81,6 +83,7 @@ pub async fn list_deliveries(
         .iter()
         .map(|d| DeliveryRow {
             id: d.id.clone(),
+            event_id: d.event_id.clone(),
             event_type: event_types.get(&d.event_id).cloned().unwrap_or_default(),
             endpoint_label: labels.get(d.endpoint_id.as_str()).cloned().unwrap_or_else(|| d.endpoint_id.clone()),
             status: d.status.as_str(),
@@ -94,6 +97,9 @@ pub async fn list_deliveries(
         let mut href = format!("/settings/deliveries?cursor={cursor}");
         if let Some(id) = &endpoint_id {
             href.push_str(&format!("&endpoint_id={}", encode(id)));
+        }
+        if let Some(id) = &event_id {
+            href.push_str(&format!("&event_id={}", encode(id)));
         }
         if let Some(status) = &status_text {
             href.push_str(&format!("&status={}", encode(status)));
@@ -123,8 +129,9 @@ pub async fn list_deliveries(
         layout,
         endpoints,
         statuses,
+        filtered: endpoint_id.is_some() || event_id.is_some() || status_text.is_some(),
+        event_id: event_id.unwrap_or_default(),
         filter_error,
-        filtered: endpoint_id.is_some() || status_text.is_some(),
         rows,
         older,
         now: Time::at(now_ms()),

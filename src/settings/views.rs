@@ -223,6 +223,7 @@ pub struct Choice {
 /// One row of the deliveries list.
 pub struct DeliveryRow {
     pub id: String,
+    pub event_id: String,
     pub event_type: String,
     pub endpoint_label: String,
     pub status: &'static str,
@@ -237,6 +238,8 @@ pub struct DeliveriesPage {
     pub layout: Layout,
     pub endpoints: Vec<Choice>,
     pub statuses: Vec<Choice>,
+    /// The event filter as typed (`evt_…`), empty for none.
+    pub event_id: String,
     pub filter_error: Option<String>,
     /// Some filter is set.
     pub filtered: bool,

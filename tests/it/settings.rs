@@ -683,6 +683,15 @@ on_both_stores! {
         assert_eq!(shown_deliveries(&page), expected);
         assert_eq!(expected.len(), 2);
 
+        // An event's deliveries, to every webhook: the row's event links there, and the filter keeps the id.
+        let event = all[0]["event_id"].as_str().unwrap();
+        visitor.get("/settings/deliveries").await.shows(&format!(r#"href="/settings/deliveries?event_id={event}""#));
+        let page = visitor.get(&format!("/settings/deliveries?event_id={event}")).await;
+        page.expect(StatusCode::OK).shows(&format!(r#"name="event_id" value="{event}""#)).shows("Clear filters");
+        let expected: Vec<String> = app.a.deliveries(&format!("event_id={event}")).await.iter().map(id).collect();
+        assert_eq!(shown_deliveries(&page), expected);
+        assert_eq!(expected.len(), 2, "the good and the bad endpoint's");
+
         let page = visitor.get(&format!("/settings/deliveries?endpoint_id={good_ep}&status=undeliverable")).await;
         assert!(shown_deliveries(&page).is_empty());
         page.shows("No deliveries match these filters yet.");
