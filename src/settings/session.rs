@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, OriginalUri, Request, State};
-use axum::http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
+use axum::http::header::{CACHE_CONTROL, COOKIE, REFERER, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
@@ -317,10 +317,18 @@ impl FromRequestParts<AppState> for SignedIn {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Visitor(session) = Visitor::from_request_parts(parts, state).await?;
-        let next = (parts.method == Method::GET).then(|| {
+        // Back to this page after signing in; for a form (sent after the session ran out, say), to the page it
+        // was sent from. Only its path is kept, and [`safe_next`] takes settings pages alone.
+        let next = if parts.method == Method::GET {
             let uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
-            uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default()
-        });
+            uri.path_and_query().map(|p| p.as_str().to_owned())
+        } else {
+            let referer = parts.headers.get(REFERER).and_then(|v| v.to_str().ok());
+            referer.and_then(|r| url::Url::parse(r).ok()).map(|url| match url.query() {
+                Some(query) => format!("{}?{query}", url.path()),
+                None => url.path().to_owned(),
+            })
+        };
         let Some(user) = &session.user else {
             return Err(SettingsError::SignInRequired { next });
         };

@@ -188,7 +188,7 @@ type BadForm<'a> = (&'a str, Vec<(&'a str, &'a str)>, Value, &'a str);
 // ---------------------------------------------------------------------------------------------------------
 
 on_both_stores! {
-    async fn pages_need_a_session_whose_cookie_is_strict() {
+    async fn pages_need_a_session_whose_cookie_is_lax() {
         let app = TestApp::spawn().await;
         let visitor = Visitor::new(&app);
 
@@ -203,6 +203,12 @@ on_both_stores! {
         ] {
             visitor.get(path).await.redirects_to("/settings/sign-in?next=");
         }
+        // A form sent without a session (it ran out, say) comes back to the page it was sent from.
+        let edit = "/settings/webhooks/ep_000000000000000000000000";
+        let referer = format!("{}{edit}?done=saved", app.base);
+        let sent = visitor.send(visitor.http.post(format!("{}{edit}", app.base)).header("referer", referer)).await;
+        let next = "/settings/sign-in?next=%2Fsettings%2Fwebhooks%2Fep_000000000000000000000000%3Fdone%3Dsaved";
+        assert_eq!(sent.redirects_to("/settings/sign-in"), next);
 
         let page = Visitor::new(&app).get("/settings/sign-in").await;
         page.expect(StatusCode::OK).shows("<label for=\"api_key\">API key</label>").hides("Sign out");
