@@ -61,8 +61,8 @@
           document.querySelectorAll("[data-refresh][id]").forEach(function (old) {
             if (old.contains(document.activeElement)) return;
             var next = fresh.getElementById(old.id);
-            if (!next || served[old.id] === next.innerHTML) return;
-            served[old.id] = next.innerHTML;
+            if (!next || served[old.id] === next.outerHTML) return;
+            served[old.id] = next.outerHTML;
             next = document.importNode(next, true);
             localTimes(next);
             old.replaceWith(next);
@@ -82,7 +82,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-refresh][id]").forEach(function (region) {
-      served[region.id] = region.innerHTML;
+      served[region.id] = region.outerHTML;
     });
     localTimes(document);
     copyButtons(document);

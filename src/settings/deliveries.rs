@@ -143,12 +143,12 @@ pub async fn list_deliveries(
 /// that is not followed), what went wrong in words otherwise.
 fn attempt_result(attempt: &AttemptRecord) -> String {
     match (attempt.status_code, attempt.error.as_deref()) {
-        (Some(code @ 300..=399), _) => format!("HTTP {code} (redirects are not followed)"),
+        (Some(code @ (301 | 302 | 303 | 307 | 308)), _) => format!("HTTP {code} (redirects are not followed)"),
         (Some(code), _) => format!("HTTP {code}"),
         (None, Some("timeout")) => "Timed out".to_owned(),
         (None, Some("connect")) => "Could not connect".to_owned(),
         (None, Some("dns")) => "Host name not found".to_owned(),
-        (None, Some("blocked")) => "Refused: a private or loopback address".to_owned(),
+        (None, Some("blocked")) => "Refused: a private or local address".to_owned(),
         (None, Some("url")) => "The URL cannot be requested".to_owned(),
         (None, Some("request")) => "The exchange broke off".to_owned(),
         (None, Some("signing")) => "Not sent: the signing secret is unreadable".to_owned(),
@@ -238,6 +238,9 @@ pub async fn retry_delivery(
             let mut page = delivery_page(&state, &signed_in, &id).await?;
             // The API's message for the same refusal (409 endpoint_disabled).
             page.retry_error = Some(RETRY_ON_DISABLED);
+            // This answers a POST: a refresh would fetch an address that takes none but POST.
+            page.refreshing = false;
+            page.layout.refreshes = false;
             render(StatusCode::CONFLICT, &page)
         }
         Retry::Gone => Err(SettingsError::NotFound("delivery")),
@@ -266,7 +269,7 @@ mod tests {
         attempt.error = Some("timeout".into());
         assert_eq!(attempt_result(&attempt), "Timed out");
         attempt.error = Some("blocked".into());
-        assert_eq!(attempt_result(&attempt), "Refused: a private or loopback address");
+        assert_eq!(attempt_result(&attempt), "Refused: a private or local address");
     }
 
     #[test]

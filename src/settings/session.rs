@@ -318,16 +318,12 @@ impl FromRequestParts<AppState> for SignedIn {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Visitor(session) = Visitor::from_request_parts(parts, state).await?;
         // Back to this page after signing in; for a form (sent after the session ran out, say), to the page it
-        // was sent from. Only its path is kept, and [`safe_next`] takes settings pages alone.
+        // was sent from (see [`form_page`]). [`safe_next`] takes settings pages alone.
         let next = if parts.method == Method::GET {
             let uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
             uri.path_and_query().map(|p| p.as_str().to_owned())
         } else {
-            let referer = parts.headers.get(REFERER).and_then(|v| v.to_str().ok());
-            referer.and_then(|r| url::Url::parse(r).ok()).map(|url| match url.query() {
-                Some(query) => format!("{}?{query}", url.path()),
-                None => url.path().to_owned(),
-            })
+            parts.headers.get(REFERER).and_then(|v| v.to_str().ok()).and_then(form_page)
         };
         let Some(user) = &session.user else {
             return Err(SettingsError::SignInRequired { next });
@@ -337,6 +333,19 @@ impl FromRequestParts<AppState> for SignedIn {
         }
         Ok(Self { org: user.org.clone(), session })
     }
+}
+
+/// The page a form was sent from, by the form's `Referer`: its path alone (a query would carry the notice of
+/// an earlier action, which this form's was not), and the page itself when the form was on the answer to an
+/// action (a refused retry, a test event), whose address takes only POST.
+fn form_page(referer: &str) -> Option<String> {
+    let url = url::Url::parse(referer).ok()?;
+    let path = url.path();
+    let page = ["/retry", "/test", "/rotate-secret", "/delete"]
+        .iter()
+        .find_map(|action| path.strip_suffix(action))
+        .unwrap_or(path);
+    Some(page.to_owned())
 }
 
 /// Where to go after signing in: a settings page, never another site.
