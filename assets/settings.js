@@ -41,6 +41,19 @@
   // The markup each refreshing region last came with, by id: a region is replaced only when it changed, so
   // a reader's place and selection in it are kept while nothing happens.
   var served = {};
+  // Set by the "Pause updates" button: the regions stay as they are until it is pressed again.
+  var paused = false;
+
+  function pauseButton() {
+    var button = document.getElementById("pause-updates");
+    if (!button || !document.querySelector("[data-refresh][id]")) return;
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      paused = !paused;
+      button.setAttribute("aria-pressed", paused ? "true" : "false");
+      button.textContent = paused ? "Resume updates" : "Pause updates";
+    });
+  }
 
   // Elements with data-refresh="MS" and an id are fetched again every MS milliseconds while the page is
   // visible, and replaced by their new version when it differs, unless the keyboard focus is inside them.
@@ -50,7 +63,7 @@
     if (regions.length === 0) return;
     var delay = parseInt(regions[0].getAttribute("data-refresh"), 10) || 2000;
     window.setTimeout(function () {
-      if (document.hidden) { refreshRegions(); return; }
+      if (document.hidden || paused) { refreshRegions(); return; }
       fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (response) {
           return response.ok && !response.redirected ? response.text() : null;
@@ -86,6 +99,7 @@
     });
     localTimes(document);
     copyButtons(document);
+    pauseButton();
     refreshRegions();
   });
 })();

@@ -324,6 +324,24 @@ async fn walk_through(client: &Client, app: &TestApp, receiver: &Receiver, shots
     eventually("the page to look again", WAIT, || async { (js(client, stamp_js).await != stamp).then_some(()) }).await;
     let kept = js(client, "return document.getElementById('deliveries').__kept === true;").await;
     assert_eq!(kept, json!(true), "an unchanged list is not replaced");
+    // Paused, the list stays as it is while a new delivery is made (for two refresh intervals); resumed, it
+    // shows the delivery.
+    click(client, "#pause-updates").await;
+    let pressed = js(client, "return document.getElementById('pause-updates').getAttribute('aria-pressed');").await;
+    assert_eq!(pressed, json!("true"));
+    let answer = app.a.patch_interview("cand_paused", json!({ "interview_outcome": "qualified" })).await;
+    let paused = app.a.delivery_of_event(answer["event"]["id"].as_str().unwrap()).await;
+    let paused_id = paused["id"].as_str().unwrap().to_owned();
+    app.a.wait_delivery_status(&paused_id, "succeeded").await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let row_shown = format!("return document.querySelector(\"tr[data-delivery='{paused_id}']\") !== null;");
+    assert_eq!(js(client, &row_shown).await, json!(false), "paused: the list did not change");
+    click(client, "#pause-updates").await;
+    eventually("the new delivery once resumed", WAIT, || async {
+        (js(client, &row_shown).await == json!(true)).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.count(), 3);
 
     // The receiver fails: the delivery's attempts arrive on its page one by one, until it is undeliverable.
     receiver.set_reply(Reply::Status(500));
