@@ -45,6 +45,28 @@ pub fn is_json(content_type: &str) -> bool {
     kind.eq_ignore_ascii_case("application") && (subtype.eq_ignore_ascii_case("json") || json_suffix)
 }
 
+/// Why a request body could not be read.
+pub enum Unread {
+    /// Over `--max-body-bytes`.
+    TooLarge,
+    /// Not all there within `--client-timeout`.
+    TimedOut,
+    /// Broken off or malformed; axum's words for it.
+    Broken(String),
+}
+
+/// Reads a request body whole, within the size limit and the client timeout: the one way the API's JSON bodies
+/// and the settings pages' forms are read.
+pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, Unread> {
+    let read = tokio::time::timeout(state.config.client_timeout, Bytes::from_request(req, state));
+    match read.await {
+        Err(_) => Err(Unread::TimedOut),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(Unread::TooLarge),
+        Ok(Err(rejection)) => Err(Unread::Broken(rejection.body_text())),
+    }
+}
+
 /// A JSON request body, parsed but not yet validated. Declared as anything but JSON it answers 415; over the
 /// size limit, 413; not all there within the client timeout, 408; not JSON, 400. A body without a `content-type` is read as JSON: clients that leave the header
 /// out mean nothing else, and refusing them would break callers that worked before the header was checked.
@@ -64,14 +86,10 @@ impl FromRequest<AppState> for JsonBody {
         {
             return Err(ApiError::UnsupportedMediaType(shown(String::from_utf8_lossy(declared.as_bytes()).trim())));
         }
-        let timeout = state.config.client_timeout;
-        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
-        let raw = read.await.map_err(|_| ApiError::BodyTimeout(timeout))?.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge(state.config.max_body_bytes)
-            } else {
-                ApiError::BadRequest(rejection.body_text())
-            }
+        let raw = read_body(req, state).await.map_err(|unread| match unread {
+            Unread::TooLarge => ApiError::TooLarge(state.config.max_body_bytes),
+            Unread::TimedOut => ApiError::BodyTimeout(state.config.client_timeout),
+            Unread::Broken(text) => ApiError::BadRequest(text),
         })?;
         let value = serde_json::from_slice(&raw).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
         Ok(Self { value, raw })

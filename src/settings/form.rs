@@ -1,14 +1,13 @@
 //! Form bodies (`application/x-www-form-urlencoded`), accepted only with the session's CSRF token and never
 //! from another site.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 
 use super::SettingsError;
 use super::session::Session;
 use crate::http::AppState;
+use crate::http::extract::{Unread, read_body};
 
 /// The name of the hidden field that carries the CSRF token in every form.
 pub const CSRF_FIELD: &str = "csrf";
@@ -55,15 +54,12 @@ impl FromRequest<AppState> for Form {
         if !is_form {
             return Err(SettingsError::BadRequest("Expected a form (application/x-www-form-urlencoded).".into()));
         }
-        let timeout = state.config.client_timeout;
-        let read = tokio::time::timeout(timeout, Bytes::from_request(request, state));
-        let body = read.await.map_err(|_| SettingsError::BadRequest("The form took too long to arrive.".into()))?;
-        let body = body.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                SettingsError::BadRequest(format!("The form is larger than {} bytes.", state.config.max_body_bytes))
-            } else {
-                SettingsError::BadRequest(rejection.body_text())
-            }
+        let body = read_body(request, state).await.map_err(|unread| {
+            SettingsError::BadRequest(match unread {
+                Unread::TooLarge => format!("The form is larger than {} bytes.", state.config.max_body_bytes),
+                Unread::TimedOut => "The form took too long to arrive.".into(),
+                Unread::Broken(text) => text,
+            })
         })?;
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
         let form = Self { pairs };

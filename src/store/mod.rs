@@ -48,10 +48,9 @@ impl StoreError {
     pub fn refused(&self) -> bool {
         match self {
             // SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
-            Self::Database(error) => error
-                .as_database_error()
-                .and_then(|e| e.code())
-                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            Self::Database(error) => {
+                sqlstate(error).is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+            }
             Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
                 error.code,
                 rusqlite::ErrorCode::ConstraintViolation
@@ -61,6 +60,11 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// The SQLSTATE code PostgreSQL ended a statement with, if it did.
+pub(crate) fn sqlstate(error: &sqlx::Error) -> Option<std::borrow::Cow<'_, str>> {
+    error.as_database_error().and_then(|e| e.code())
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -438,7 +438,7 @@ impl EventColumns {
 
 /// Whether PostgreSQL ended the statement to break a deadlock (SQLSTATE 40P01).
 pub fn is_deadlock(error: &sqlx::Error) -> bool {
-    error.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01")
+    super::sqlstate(error).is_some_and(|code| code == "40P01")
 }
 
 type Tx = Transaction<'static, Postgres>;

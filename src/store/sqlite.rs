@@ -177,27 +177,12 @@ impl Hot {
                  error, response_body) SELECT id, attempt_count + 1, ?1, ?2, ?3, ?4, ?5, ?6 FROM deliveries \
                  WHERE seq = ?7 AND id = ?8"
             }
-            // The advance: a result under the delivery's lease sets what the retry policy decided, except that a
-            // failed attempt of a delivery that had settled before a manual retry goes back to its settled
-            // status (see [`KEEP_SETTLED`]); a success under a lost lease is kept in `settled`, so a failure
-            // under the live one does not undo it, and ends an `undeliverable` status.
             Hot::AdvanceDelivery => {
-                "UPDATE OR FAIL deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
-                   scheduled_count = scheduled_count + CASE WHEN lease_token = ?2 THEN ?3 ELSE 0 END, \
-                   status = CASE WHEN lease_token = ?2 THEN \
-                       CASE WHEN ?4 <> 'succeeded' AND settled IS NOT NULL THEN settled ELSE ?4 END \
-                     WHEN ?4 = 'succeeded' AND status = 'undeliverable' THEN ?4 ELSE status END, \
-                   next_attempt_at = CASE WHEN lease_token = ?2 THEN \
-                       CASE WHEN ?4 <> 'succeeded' AND settled IS NOT NULL THEN NULL ELSE ?5 END \
-                     ELSE next_attempt_at END, \
-                   run_at = CASE WHEN lease_token = ?2 THEN \
-                       CASE WHEN ?4 <> 'succeeded' AND settled IS NOT NULL THEN NULL ELSE ?5 END \
-                     ELSE run_at END, \
-                   settled = CASE WHEN lease_token = ?2 THEN NULL WHEN ?4 = 'succeeded' THEN ?4 ELSE settled END, \
-                   lease_until = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_until END, \
-                   manual = CASE WHEN lease_token = ?2 THEN 0 ELSE manual END, \
-                   lease_token = CASE WHEN lease_token = ?2 THEN NULL ELSE lease_token END \
-                 WHERE seq = ?6 AND id = ?7"
+                return format!(
+                    "UPDATE OR FAIL deliveries SET {} WHERE seq = ?6 AND id = ?7",
+                    advance_columns("?2", "?3", "?4", "?5")
+                )
+                .into();
             }
             Hot::LogAttempts8 => return result_rows(8).0.into(),
             Hot::AdvanceDeliveries8 => return result_rows(8).1.into(),
@@ -269,26 +254,34 @@ fn result_rows(n: usize) -> (String, String) {
         values(8, 1)
     );
     let advance = format!(
-        "UPDATE OR FAIL deliveries SET attempt_count = attempt_count + 1, updated_at = ?1, \
-           scheduled_count = scheduled_count + CASE WHEN lease_token = v.column1 THEN v.column2 ELSE 0 END, \
-           status = CASE WHEN lease_token = v.column1 THEN \
-               CASE WHEN v.column3 <> 'succeeded' AND settled IS NOT NULL THEN settled ELSE v.column3 END \
-             WHEN v.column3 = 'succeeded' AND status = 'undeliverable' THEN v.column3 ELSE status END, \
-           next_attempt_at = CASE WHEN lease_token = v.column1 THEN \
-               CASE WHEN v.column3 <> 'succeeded' AND settled IS NOT NULL THEN NULL ELSE v.column4 END \
-             ELSE next_attempt_at END, \
-           run_at = CASE WHEN lease_token = v.column1 THEN \
-               CASE WHEN v.column3 <> 'succeeded' AND settled IS NOT NULL THEN NULL ELSE v.column4 END \
-             ELSE run_at END, \
-           settled = CASE WHEN lease_token = v.column1 THEN NULL WHEN v.column3 = 'succeeded' THEN v.column3 \
-             ELSE settled END, \
-           lease_until = CASE WHEN lease_token = v.column1 THEN NULL ELSE lease_until END, \
-           manual = CASE WHEN lease_token = v.column1 THEN 0 ELSE manual END, \
-           lease_token = CASE WHEN lease_token = v.column1 THEN NULL ELSE lease_token END \
-         FROM (VALUES {}) AS v WHERE deliveries.seq = v.column5 AND deliveries.id = v.column6",
+        "UPDATE OR FAIL deliveries SET {} FROM (VALUES {}) AS v WHERE deliveries.seq = v.column5 AND deliveries.id = v.column6",
+        advance_columns("v.column1", "v.column2", "v.column3", "v.column4"),
         values(6, 2)
     );
     (log, advance)
+}
+
+/// What recording an attempt sets on its delivery, `?1` being now and the others the names given: `lease` the
+/// lease the attempt was made under, `scheduled` the scheduled attempts to add, `status` and `next` what the
+/// retry policy decided. A result under the delivery's lease sets that, except that a failed attempt of a
+/// delivery that had settled before a manual retry goes back to its settled status (see [`KEEP_SETTLED`]); a
+/// success under a lost lease is kept in `settled`, so a failure under the live one does not undo it, and ends
+/// an `undeliverable` status. Anything else is only counted.
+fn advance_columns(lease: &str, scheduled: &str, status: &str, next: &str) -> String {
+    let owned = format!("lease_token = {lease}");
+    let back = format!("{status} <> 'succeeded' AND settled IS NOT NULL");
+    format!(
+        "attempt_count = attempt_count + 1, updated_at = ?1, \
+         scheduled_count = scheduled_count + CASE WHEN {owned} THEN {scheduled} ELSE 0 END, \
+         status = CASE WHEN {owned} THEN CASE WHEN {back} THEN settled ELSE {status} END \
+           WHEN {status} = 'succeeded' AND status = 'undeliverable' THEN {status} ELSE status END, \
+         next_attempt_at = CASE WHEN {owned} THEN CASE WHEN {back} THEN NULL ELSE {next} END ELSE next_attempt_at END, \
+         run_at = CASE WHEN {owned} THEN CASE WHEN {back} THEN NULL ELSE {next} END ELSE run_at END, \
+         settled = CASE WHEN {owned} THEN NULL WHEN {status} = 'succeeded' THEN {status} ELSE settled END, \
+         lease_until = CASE WHEN {owned} THEN NULL ELSE lease_until END, \
+         manual = CASE WHEN {owned} THEN 0 ELSE manual END, \
+         lease_token = CASE WHEN {owned} THEN NULL ELSE lease_token END"
+    )
 }
 
 /// The writer's connection as its writes see it: the connection itself, and the [`Hot`] statements.
